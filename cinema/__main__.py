@@ -1,0 +1,5 @@
+import sys
+
+from cinema.cli import main
+
+sys.exit(main())
