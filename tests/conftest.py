@@ -1,0 +1,49 @@
+"""Shared test fixtures: where the project's real data lives.
+
+The data in ../shared is not part of the package; a user's clone without it skips those tests with a clear reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("CINEMA_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+# Two cores in CI: keep torch from oversubscribing when tests run in parallel processes.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set CINEMA_SHARED_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _require(SHARED_DIR)
+
+
+@pytest.fixture(scope="session")
+def acdc_dir() -> Path:
+    return _require(SHARED_DIR / "data" / "acdc")
+
+
+@pytest.fixture(scope="session")
+def sunnybrook_dir() -> Path:
+    return _require(SHARED_DIR / "data" / "sunnybrook")
+
+
+@pytest.fixture(scope="session")
+def preprocessed_dir() -> Path:
+    return _require(SHARED_DIR / "data" / "preprocessed_examples")
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return _require(Path(os.environ.get("CINEMA_GOLDEN_DIR", SHARED_DIR / "golden")))
