@@ -1,0 +1,383 @@
+"""Readers for public dataset layouts (ACDC, M&Ms, M&Ms-2) and for a generic CSV manifest of studies.
+
+All of them return `Study` objects with labels in the CineMA convention: 0 background, 1 RV cavity, 2 LV
+myocardium, 3 LV cavity. M&Ms and M&Ms-2 use 1 LV, 2 MYO, 3 RV on disk and are remapped on reading.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from cinema.io.nifti import load_nifti, read_label_nifti, read_nifti_cine
+from cinema.io.study import SAX, VIEW_NAMES, CineView, Study
+
+# M&Ms / M&Ms-2 label codes -> CineMA codes (LV 1 -> 3, MYO 2 -> 2, RV 3 -> 1).
+MNMS_TO_CINEMA_LABELS = np.array([0, 3, 2, 1], dtype=np.uint8)
+
+_ACDC_FRAME = re.compile(r"^(?P<pid>.+)_frame(?P<frame>\d+)\.nii(\.gz)?$")
+
+
+def _parse_number(text: str) -> Any:
+    text = text.strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _same_geometry(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------- ACDC
+
+
+def read_acdc_info(folder: str | os.PathLike) -> dict[str, Any]:
+    """Parse an ACDC patient folder without reading images.
+
+    Returns ``ed_frame`` / ``es_frame`` (0-based; Info.cfg is 1-based), ``group``, ``height_cm``, ``weight_kg``,
+    ``n_frames`` (NbFrame), ``frames`` (0-based frame -> (image path, label path or None)) and ``cine`` (the
+    ``_4d.nii.gz`` path or None).
+    """
+    folder = Path(folder)
+    cfg = folder / "Info.cfg"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{cfg}: no such file (not an ACDC patient folder)")
+    fields: dict[str, str] = {}
+    for line_number, line in enumerate(cfg.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        if ":" not in line:
+            raise ValueError(f"{cfg}: line {line_number} is not 'key: value': {line!r}")
+        key, value = line.split(":", 1)
+        fields[key.strip()] = value.strip()
+    info: dict[str, Any] = {"patient_id": folder.name}
+    for key in ("ED", "ES", "NbFrame"):
+        if key not in fields:
+            raise ValueError(f"{cfg}: missing {key}")
+        try:
+            number = int(float(fields[key]))
+        except ValueError as err:
+            raise ValueError(f"{cfg}: {key} is not a number: {fields[key]!r}") from err
+        if number < 1:
+            raise ValueError(f"{cfg}: {key} must be >= 1 (1-based), got {number}")
+        info[key] = number
+    info["ed_frame"], info["es_frame"], info["n_frames"] = info.pop("ED") - 1, info.pop("ES") - 1, info.pop("NbFrame")
+    info["group"] = fields.get("Group")
+    for key, name in (("Height", "height_cm"), ("Weight", "weight_kg")):
+        info[name] = float(fields[key]) if fields.get(key) not in (None, "") else None
+    frames: dict[int, tuple[Path, Path | None]] = {}
+    for path in sorted(folder.iterdir()):
+        match = _ACDC_FRAME.match(path.name)
+        if match:
+            label = path.with_name(path.name.replace(f"_frame{match['frame']}", f"_frame{match['frame']}_gt"))
+            frames[int(match["frame"]) - 1] = (path, label if label.is_file() else None)
+    cine = [p for p in folder.iterdir() if p.name.endswith(("_4d.nii.gz", "_4d.nii"))]
+    info["frames"] = frames
+    info["cine"] = cine[0] if cine else None
+    if info["cine"] is None and not frames:
+        raise ValueError(f"{folder}: ACDC folder has neither a _4d cine nor _frameNN images")
+    return info
+
+
+def read_acdc_patient(folder: str | os.PathLike) -> Study:
+    """Read an ACDC patient folder.
+
+    With a ``_4d.nii.gz`` cine the SAX view holds every frame; without one (as in the shared copy) it holds the
+    ``_frameNN`` volumes in frame order and ``frame_indices`` records their acquisition frames. ED/ES always index
+    the stored frames; ``_gt`` files become labels of their frames.
+    """
+    folder = Path(folder)
+    info = read_acdc_info(folder)
+    frames = info["frames"]
+    if info["cine"] is not None:
+        base = read_nifti_cine(info["cine"], view=SAX)
+        image, affine, frame_indices = base.image, base.affine, None
+        stored = list(range(base.n_frames))
+    else:
+        stored = sorted(frames)
+        volumes = []
+        affine = None
+        for frame in stored:
+            data, frame_affine, _ = load_nifti(frames[frame][0])
+            if data.ndim != 3:
+                raise ValueError(f"{frames[frame][0]}: expected a 3-D frame, got shape {data.shape}")
+            if affine is None:
+                affine = frame_affine
+            elif not _same_geometry(affine, frame_affine) or data.shape != volumes[0].shape:
+                raise ValueError(f"{frames[frame][0]}: geometry differs from the other frames of {folder}")
+            volumes.append(data.astype(np.float32))
+        image = np.stack(volumes, axis=-1)
+        frame_indices = stored
+    position = {frame: i for i, frame in enumerate(stored)}
+    for key in ("ed_frame", "es_frame"):
+        if info[key] not in position:
+            raise ValueError(f"{folder}: Info.cfg {key[:2].upper()} frame {info[key] + 1} has no image")
+    labels = {}
+    for frame, (_, label_path) in frames.items():
+        if label_path is not None and frame in position:
+            labels[position[frame]] = read_label_nifti(label_path, image.shape[:3])
+    view = CineView(
+        image=image, affine=affine, labels=labels, frame_indices=frame_indices, source=str(folder), name=SAX
+    )
+    metadata = {
+        "source_format": "acdc",
+        "subject_id": info["patient_id"],
+        "group": info["group"],
+        "height_cm": info["height_cm"],
+        "weight_kg": info["weight_kg"],
+        "n_frames_acquired": info["n_frames"],
+        "ed_frame_acquired": info["ed_frame"],
+        "es_frame_acquired": info["es_frame"],
+    }
+    return Study(
+        views={SAX: view},
+        ed_frame=position[info["ed_frame"]],
+        es_frame=position[info["es_frame"]],
+        metadata=metadata,
+        source=str(folder),
+    )
+
+
+def is_acdc_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / "Info.cfg").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------- M&Ms
+
+
+def read_mnms_table(csv_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The M&Ms information CSV keyed by subject ("External code"); ED/ES columns are 0-based frame indices."""
+    csv_path = Path(csv_path)
+    rows = _read_csv_rows(csv_path)
+    table = {}
+    for row in rows:
+        code = (row.get("External code") or row.get("pid") or "").strip()
+        if not code:
+            raise ValueError(f"{csv_path}: a row has no 'External code' (subject) value")
+        table[code] = {k: _parse_number(v) for k, v in row.items() if k and k.strip() and v not in (None, "")}
+    return table
+
+
+def _remap_mnms_labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    if labels.size and labels.max() > 3:
+        raise ValueError(f"{path}: M&Ms labels must be in 0..3, found {int(labels.max())}")
+    return MNMS_TO_CINEMA_LABELS[labels]
+
+
+def read_mnms_subject(
+    folder: str | os.PathLike,
+    table: dict[str, dict[str, Any]] | str | os.PathLike | None = None,
+) -> Study:
+    """Read an M&Ms subject folder (``<id>_sa.nii.gz`` + ``<id>_sa_gt.nii.gz``) or an M&Ms-2 one.
+
+    M&Ms: ED/ES come from `table` (the information CSV or its parsed form, columns ED and ES, 0-based); labels are
+    taken for the frames whose label map is not empty. M&Ms-2 (``<id>_SA_CINE``, ``<id>_SA_ED`` ...,
+    ``<id>_LA_*`` = 4-chamber): ED/ES are found as the cine frames identical to the ``_ED`` / ``_ES`` volumes.
+    """
+    folder = Path(folder)
+    subject = folder.name
+    if table is not None and not isinstance(table, dict):
+        table = read_mnms_table(table)
+    row = (table or {}).get(subject, {})
+    if (folder / f"{subject}_SA_ED.nii.gz").is_file() or (folder / f"{subject}_SA_CINE.nii.gz").is_file():
+        return _read_mnms2_subject(folder, row)
+    image_path = folder / f"{subject}_sa.nii.gz"
+    view = read_nifti_cine(image_path, view=SAX)
+    ed_frame = int(row["ED"]) if "ED" in row else None
+    es_frame = int(row["ES"]) if "ES" in row else None
+    labels = {}
+    label_path = folder / f"{subject}_sa_gt.nii.gz"
+    if label_path.is_file():
+        stacked = read_label_nifti(label_path, view.spatial_shape)
+        if stacked.ndim == 3:
+            stacked = stacked[..., None]
+        if stacked.shape[-1] != view.n_frames:
+            raise ValueError(f"{label_path}: {stacked.shape[-1]} label frames for {view.n_frames} image frames")
+        stacked = _remap_mnms_labels(stacked, label_path)
+        labelled = [t for t in range(view.n_frames) if stacked[..., t].any()]
+        labels = {t: stacked[..., t] for t in labelled}
+    view = CineView(image=view.image, affine=view.affine, labels=labels, source=str(image_path), name=SAX)
+    metadata = {"source_format": "mnms", "subject_id": subject}
+    metadata.update({k: v for k, v in row.items() if k not in ("ED", "ES", "External code")})
+    return Study(views={SAX: view}, ed_frame=ed_frame, es_frame=es_frame, metadata=metadata, source=str(folder))
+
+
+def _matching_frame(cine: CineView, volume: np.ndarray, path: Path) -> int:
+    volume = volume.reshape(cine.spatial_shape)
+    for t in range(cine.n_frames):
+        if np.array_equal(cine.frame(t), volume):
+            return t
+    raise ValueError(f"{path}: no frame of the cine equals this volume, cannot place it in time")
+
+
+def _read_mnms2_view(folder: Path, subject: str, prefix: str, name: str) -> tuple[CineView, int | None, int | None]:
+    cine_path = folder / f"{subject}_{prefix}_CINE.nii.gz"
+    phases = {}
+    for phase in ("ED", "ES"):
+        path = folder / f"{subject}_{prefix}_{phase}.nii.gz"
+        if path.is_file():
+            phases[phase] = (path, read_nifti_cine(path, view=name))
+    if cine_path.is_file():
+        view = read_nifti_cine(cine_path, view=name)
+        index = {phase: _matching_frame(view, v.image, p) for phase, (p, v) in phases.items()}
+        image, frame_indices = view.image, None
+    else:
+        if not phases:
+            raise FileNotFoundError(f"{folder}: no {prefix}_CINE, {prefix}_ED or {prefix}_ES image")
+        index = {phase: i for i, phase in enumerate(phases)}
+        view = next(iter(phases.values()))[1]
+        image, frame_indices = np.concatenate([v.image for _, v in phases.values()], axis=-1), None
+    labels = {}
+    for phase, (path, _) in phases.items():
+        label_path = path.with_name(path.name.replace(".nii.gz", "_gt.nii.gz"))
+        if label_path.is_file():
+            label = read_label_nifti(label_path, view.spatial_shape)
+            label = label.reshape(view.spatial_shape)
+            labels[index[phase]] = _remap_mnms_labels(label, label_path)
+    result = CineView(
+        image=image, affine=view.affine, labels=labels, frame_indices=frame_indices, source=str(folder), name=name
+    )
+    return result, index.get("ED"), index.get("ES")
+
+
+def _read_mnms2_subject(folder: Path, row: dict[str, Any]) -> Study:
+    subject = folder.name
+    sax, ed_frame, es_frame = _read_mnms2_view(folder, subject, "SA", SAX)
+    views = {SAX: sax}
+    if any(folder.glob(f"{subject}_LA_*.nii.gz")):
+        views["lax_4c"], _, _ = _read_mnms2_view(folder, subject, "LA", "lax_4c")
+    metadata = {"source_format": "mnms2", "subject_id": subject}
+    metadata.update({k: v for k, v in row.items() if k not in ("ED", "ES", "External code")})
+    return Study(views=views, ed_frame=ed_frame, es_frame=es_frame, metadata=metadata, source=str(folder))
+
+
+def is_mnms_folder(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and any(
+        (path / f"{path.name}_{suffix}.nii.gz").is_file() for suffix in ("sa", "SA_CINE", "SA_ED")
+    )
+
+
+# ------------------------------------------------------------------------------------------------ CSV manifest
+
+MANIFEST_COLUMNS_DOC = """\
+One row per study; paths are relative to the CSV's folder. Columns (all optional but at least one image):
+  id                         study identifier (default: row number)
+  path                       anything `read_study` understands (DICOM folder, study folder, ACDC/M&Ms folder, NIfTI)
+  sax, lax_2c, lax_3c, lax_4c NIfTI cine (4-D) or frame (3-D) per view
+  ed_frame, es_frame         0-based stored-frame indices
+  <view>_label               label cine with the image's shape; frames with any non-zero voxel are labelled
+  <view>_label_ed/_label_es  single-frame label maps of the ED / ES frame
+  anything else              copied into the study's metadata (numbers parsed)
+"""
+
+
+def _read_csv_rows(csv_path: Path) -> list[dict[str, str]]:
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: no such file")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{csv_path}: not a readable CSV file ({err})") from err
+    if not rows:
+        raise ValueError(f"{csv_path}: CSV has no rows")
+    return rows
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value.strip()).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def read_manifest_row(row: dict[str, str], base_dir: str | os.PathLike, where: str = "manifest") -> Study:
+    """Build one `Study` from a manifest row (see `MANIFEST_COLUMNS_DOC`)."""
+    from cinema.io.read import read_study  # late import: read.py dispatches back to this module
+
+    base = Path(base_dir)
+    row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+    used = {"id", "path", "ed_frame", "es_frame"}
+    study_id = row.get("id", "")
+    if row.get("path"):
+        loaded = read_study(_resolve(base, row["path"]))
+        views, metadata = dict(loaded.views), dict(loaded.metadata)
+        ed_frame, es_frame = loaded.ed_frame, loaded.es_frame
+    else:
+        views, metadata, ed_frame, es_frame = {}, {}, None, None
+    for key in ("ed_frame", "es_frame"):
+        if row.get(key):
+            try:
+                value = int(float(row[key]))
+            except ValueError as err:
+                raise ValueError(f"{where}: {key} is not a frame index: {row[key]!r}") from err
+            ed_frame, es_frame = (value, es_frame) if key == "ed_frame" else (ed_frame, value)
+    for name in VIEW_NAMES:
+        label_columns = (f"{name}_label", f"{name}_label_ed", f"{name}_label_es")
+        used.update((name, *label_columns))
+        if row.get(name):
+            views[name] = read_nifti_cine(_resolve(base, row[name]), view=name)
+        if not any(row.get(c) for c in label_columns):
+            continue
+        if name not in views:
+            raise ValueError(f"{where}: labels given for {name} but no {name} image")
+        view = views[name]
+        labels = dict(view.labels)
+        if row.get(f"{name}_label"):
+            path = _resolve(base, row[f"{name}_label"])
+            stacked = read_label_nifti(path, view.spatial_shape)
+            if stacked.ndim == len(view.spatial_shape):
+                stacked = stacked[..., None]
+            if stacked.shape[-1] != view.n_frames:
+                raise ValueError(f"{path}: {stacked.shape[-1]} label frames for {view.n_frames} image frames")
+            labels.update({t: stacked[..., t] for t in range(view.n_frames) if stacked[..., t].any()})
+        for phase, frame in (("ed", ed_frame), ("es", es_frame)):
+            if row.get(f"{name}_label_{phase}"):
+                path = _resolve(base, row[f"{name}_label_{phase}"])
+                if frame is None:
+                    raise ValueError(f"{path}: {phase.upper()} label given but the row has no {phase}_frame")
+                labels[frame] = read_label_nifti(path, view.spatial_shape).reshape(view.spatial_shape)
+        views[name] = CineView(
+            image=view.image,
+            affine=view.affine,
+            frame_times_ms=view.frame_times_ms,
+            labels=labels,
+            frame_indices=view.frame_indices,
+            source=view.source,
+            name=name,
+        )
+    if not views:
+        raise ValueError(f"{where}: row has no image column (path, sax, lax_2c, lax_3c, lax_4c)")
+    metadata.update({k: _parse_number(v) for k, v in row.items() if k not in used and v != ""})
+    if study_id:
+        metadata["study_id"] = study_id
+    return Study(views=views, ed_frame=ed_frame, es_frame=es_frame, metadata=metadata, source=where)
+
+
+def read_manifest(csv_path: str | os.PathLike) -> Iterator[Study]:
+    """Yield one `Study` per row of a CSV manifest (lazily: a cohort need not fit in memory)."""
+    csv_path = Path(csv_path)
+    rows = _read_csv_rows(csv_path)
+    columns = set(rows[0])
+    if not columns & {"path", *VIEW_NAMES}:
+        raise ValueError(f"{csv_path}: manifest needs a 'path' or a view column ({', '.join(VIEW_NAMES)})")
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        yield read_manifest_row(row, csv_path.parent, where=f"{csv_path}:{number}")
+
+
+def nifti_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """Image shape from the header only (cheap checks over many files)."""
+    try:
+        return tuple(int(n) for n in nib.load(str(path)).shape)
+    except Exception as err:
+        raise ValueError(f"{path}: unreadable NIfTI header ({type(err).__name__}: {err})") from err

@@ -1,0 +1,526 @@
+"""Read a folder of cine MRI DICOM files (one exam) into a `Study`.
+
+Policy, in order:
+
+1. Every file under the folder is considered, whatever its name. Files without the DICOM preamble ("DICM" at byte
+   128) are ignored; a file that has it but cannot be read is an error naming that file. DICOM objects that are not
+   positioned images (no ImagePositionPatient / ImageOrientationPatient / pixels, e.g. reports, DICOMDIR) are
+   skipped and listed in ``metadata["skipped"]``.
+2. Files are grouped by SeriesInstanceUID. A series is a view by its SeriesDescription ("2ch", "4CH", "lvot",
+   "sax", "SA", "CINE_segmented_SAX_b3", ...); a series that does not say so is a short-axis stack when its images
+   lie at several positions, and is skipped otherwise (a single-slice cine cannot be assigned to a chamber view).
+3. Series where no position has more than one phase (localisers, single-phase scans) are skipped; if nothing is
+   left the folder has no cine and reading fails.
+4. All short-axis series are merged into one stack (scanners such as UK Biobank write one series per slice). The
+   stack must share one orientation and pixel grid. Slices are ordered by their position along the slice normal
+   (from ImagePositionPatient and ImageOrientationPatient; `SliceLocation` is unreliable in real data and is not
+   used). Gaps between slices must be uniform and the slice origins must lie on a straight line. When two series
+   cover the same position the later one (higher SeriesNumber) wins.
+5. Phases at each position are ordered by TriggerTime (falling back to InstanceNumber); trigger times may differ
+   between slices. When positions have unequal phase counts all are truncated to the smallest count and a warning
+   is recorded in ``metadata["warnings"]``; a stack whose smallest count is 1 is an error.
+6. Pixel values get RescaleSlope / RescaleIntercept. DICOM patient coordinates (LPS) become RAS+ by negating x
+   and y. The image x axis follows DICOM columns (the first ImageOrientationPatient vector) and y follows rows.
+
+Patient-identifying fields are never copied into the `Study` unless ``keep_phi=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import IS, DSdecimal, DSfloat
+
+from cinema.io.study import LAX_VIEWS, SAX, CineView, Study
+
+# Fields kept only with keep_phi=True (DICOM PS3.15 basic profile subset relevant to cine MRI exams).
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "EthnicGroup",
+    "AccessionNumber",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "PhysiciansOfRecord",
+    "StationName",
+    "DeviceSerialNumber",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "StudyID",
+)
+
+_ORIENTATION_TOLERANCE = 1e-3  # direction cosines; about 0.06 degrees
+_POSITION_TOLERANCE_MM = 0.05  # same-slice positions (rounding in real headers is ~1e-3 mm)
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _float_list(dataset: Dataset, keyword: str) -> list[float] | None:
+    value = dataset.get(keyword)
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in (value if isinstance(value, list | tuple | MultiValue) else [value])]
+    except (TypeError, ValueError):
+        return None
+    return values
+
+
+def _optional_float(dataset: Dataset, keyword: str) -> float | None:
+    values = _float_list(dataset, keyword)
+    return values[0] if values else None
+
+
+def _json_value(value: Any) -> Any:
+    """A DICOM element value as plain JSON data."""
+    if isinstance(value, list | tuple | MultiValue):
+        return [_json_value(v) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if isinstance(value, float) else int(value)
+    if isinstance(value, DSfloat | DSdecimal):
+        return float(value)
+    if isinstance(value, IS):
+        return int(value)
+    return str(value)
+
+
+@dataclass
+class _Image:
+    """One positioned 2-D DICOM image (pixels read lazily)."""
+
+    path: Path
+    dataset: Dataset
+    series_uid: str
+    series_number: int
+    description: str
+    position: np.ndarray  # ImagePositionPatient, LPS mm
+    orientation: np.ndarray  # ImageOrientationPatient, (6,)
+    pixel_spacing: tuple[float, float]  # (between rows, between columns)
+    shape: tuple[int, int]  # (rows, columns)
+    trigger_time: float | None
+    instance_number: int
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.orientation[:3], self.orientation[3:])
+
+    def pixels(self) -> np.ndarray:
+        """Rescaled pixel values as (x, y) = (columns, rows)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                array = self.dataset.pixel_array
+        except Exception as err:  # pydicom raises assorted types for missing/short/compressed pixel data
+            raise ValueError(f"{self.path}: cannot decode pixel data ({type(err).__name__}: {err})") from err
+        if array.shape != self.shape:
+            raise ValueError(f"{self.path}: pixel data has shape {array.shape}, expected {self.shape}")
+        slope = _optional_float(self.dataset, "RescaleSlope")
+        intercept = _optional_float(self.dataset, "RescaleIntercept")
+        array = array.astype(np.float32)
+        if slope is not None and slope != 1.0:
+            array = array * np.float32(slope)
+        if intercept:
+            array = array + np.float32(intercept)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{self.path}: pixel values are not finite after rescaling")
+        return array.T
+
+
+def _read_image(path: Path) -> _Image | str:
+    """Parse one DICOM file; returns the reason as a string when it is DICOM but not a positioned image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(path)
+    except Exception as err:
+        raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
+    if "PixelData" not in dataset:
+        return "no pixel data"
+    position = _float_list(dataset, "ImagePositionPatient")
+    orientation = _float_list(dataset, "ImageOrientationPatient")
+    if position is None or orientation is None:
+        return "no ImagePositionPatient/ImageOrientationPatient"
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError(f"{path}: enhanced multi-frame DICOM is not supported; export classic single-frame images")
+    if len(position) != 3 or len(orientation) != 6 or not np.isfinite(position + orientation).all():
+        raise ValueError(f"{path}: malformed ImagePositionPatient/ImageOrientationPatient")
+    orientation_array = np.asarray(orientation)
+    row_dir, col_dir = orientation_array[:3], orientation_array[3:]
+    if (
+        abs(np.linalg.norm(row_dir) - 1) > 1e-2
+        or abs(np.linalg.norm(col_dir) - 1) > 1e-2
+        or abs(row_dir @ col_dir) > 1e-2
+    ):
+        raise ValueError(f"{path}: ImageOrientationPatient is not two orthogonal unit vectors: {orientation}")
+    spacing = _float_list(dataset, "PixelSpacing")
+    if spacing is None or len(spacing) != 2:
+        raise ValueError(f"{path}: missing or malformed PixelSpacing")
+    if not np.isfinite(spacing).all() or min(spacing) <= 0:
+        raise ValueError(f"{path}: zero or negative pixel spacing {spacing}")
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    if rows < 1 or columns < 1:
+        raise ValueError(f"{path}: missing image size (Rows/Columns)")
+    instance = dataset.get("InstanceNumber")
+    try:
+        instance_number = int(instance) if instance not in (None, "") else 0
+    except (TypeError, ValueError):
+        instance_number = 0
+    series_number = dataset.get("SeriesNumber")
+    try:
+        series_number = int(series_number) if series_number not in (None, "") else 0
+    except (TypeError, ValueError):
+        series_number = 0
+    return _Image(
+        path=path,
+        dataset=dataset,
+        series_uid=str(dataset.get("SeriesInstanceUID", "") or f"no-uid:{path.parent}"),
+        series_number=series_number,
+        description=str(dataset.get("SeriesDescription", "") or ""),
+        position=np.asarray(position, dtype=np.float64),
+        orientation=orientation_array,
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        shape=(rows, columns),
+        trigger_time=_optional_float(dataset, "TriggerTime"),
+        instance_number=instance_number,
+    )
+
+
+def view_from_description(description: str) -> str | None:
+    """The view a SeriesDescription names, or None ("lax" alone does not say which chamber view)."""
+    text = description.lower()
+    compact = re.sub(r"[^a-z0-9]", "", text)
+    tokens = set(re.split(r"[^a-z0-9]+", text))
+    chamber_words = {"2": ("2ch", "twoch", "2chamber", "vla"), "3": ("3ch", "threech", "lvot"), "4": ("4ch", "fourch")}
+    for chambers, words in chamber_words.items():
+        if any(word in compact for word in words) or f"{chambers}c" in tokens or f"lax{chambers}c" in compact:
+            return f"lax_{chambers}c"
+    if "hla" in tokens:
+        return "lax_4c"
+    if tokens & {"sa", "sax", "short", "shortaxis"} or "shortaxis" in compact or re.search(r"(^|[^a-z])sax", text):
+        return SAX
+    return None
+
+
+def _cluster_positions(images: list[_Image], normal: np.ndarray) -> list[list[_Image]]:
+    """Group images by slice: their distance along `normal` within `_POSITION_TOLERANCE_MM`."""
+    ordered = sorted(images, key=lambda image: float(image.position @ normal))
+    groups: list[list[_Image]] = []
+    last = None
+    for image in ordered:
+        distance = float(image.position @ normal)
+        if last is None or distance - last > _POSITION_TOLERANCE_MM:
+            groups.append([])
+        groups[-1].append(image)
+        last = distance
+    return groups
+
+
+def _order_phases(images: list[_Image]) -> list[_Image]:
+    # Trigger time is the phase; instance number breaks ties and covers files without a trigger time.
+    return sorted(images, key=lambda image: (image.trigger_time or 0.0, image.instance_number, str(image.path)))
+
+
+def _check_same_grid(images: list[_Image], what: str) -> None:
+    reference = images[0]
+    for image in images[1:]:
+        if np.abs(image.orientation - reference.orientation).max() > _ORIENTATION_TOLERANCE:
+            raise ValueError(
+                f"{image.path}: mixed orientations inside one {what} stack: "
+                f"{np.round(image.orientation, 4).tolist()} vs {np.round(reference.orientation, 4).tolist()} "
+                f"in {reference.path}"
+            )
+        if image.shape != reference.shape:
+            raise ValueError(
+                f"{image.path}: image size {image.shape} differs from {reference.shape} in {reference.path} ({what})"
+            )
+        if not np.allclose(image.pixel_spacing, reference.pixel_spacing, rtol=1e-4, atol=1e-5):
+            raise ValueError(
+                f"{image.path}: pixel spacing {image.pixel_spacing} differs from {reference.pixel_spacing} "
+                f"in {reference.path} ({what})"
+            )
+
+
+def _in_plane_affine_lps(image: _Image) -> np.ndarray:
+    """Voxel (column, row, slice) -> LPS mm, without the slice column."""
+    affine = np.eye(4)
+    row_spacing, column_spacing = image.pixel_spacing
+    affine[:3, 0] = image.orientation[:3] * column_spacing
+    affine[:3, 1] = image.orientation[3:] * row_spacing
+    affine[:3, 3] = image.position
+    return affine
+
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _slice_thickness(image: _Image) -> float:
+    for keyword in ("SliceThickness", "SpacingBetweenSlices"):
+        value = _optional_float(image.dataset, keyword)
+        if value is not None and np.isfinite(value) and value > 0:
+            return value
+    return float(min(image.pixel_spacing))
+
+
+def _frame_table(slices: list[list[_Image]], what: str, warnings_out: list[str]) -> list[list[_Image]]:
+    """Phase-ordered images per slice, truncated to a common phase count (see the module policy)."""
+    ordered = [_order_phases(images) for images in slices]
+    counts = [len(images) for images in ordered]
+    if any(image.trigger_time is None for images in ordered for image in images):
+        warnings_out.append(f"{what}: some images have no TriggerTime; phases ordered by InstanceNumber")
+    n_phases = min(counts)
+    if n_phases < 2:
+        single = next(images for images in ordered if len(images) == min(counts))
+        raise ValueError(f"{single[0].path}: single-phase {what} slice (phase counts per slice {counts}): not a cine")
+    if len(set(counts)) > 1:
+        warnings_out.append(f"{what}: unequal phase counts per slice {counts}; truncated every slice to {n_phases}")
+    return [images[:n_phases] for images in ordered]
+
+
+def _assemble_view(name: str, slices: list[list[_Image]], warnings_out: list[str]) -> tuple[CineView, dict]:
+    """Stack phase-ordered slices into a view; checks spacing and straightness of the stack."""
+    table = _frame_table(slices, name, warnings_out)
+    first = table[0][0]
+    affine = _in_plane_affine_lps(first)
+    origins = np.stack([images[0].position for images in table])
+    if len(table) > 1:
+        normal = first.normal
+        distances = origins @ normal
+        gaps = np.diff(distances)
+        median_gap = float(np.median(gaps))
+        tolerance = 0.02 * median_gap + 0.01
+        if (np.abs(gaps - median_gap) > tolerance).any():
+            worst = int(np.argmax(np.abs(gaps - median_gap)))
+            raise ValueError(
+                f"{table[worst + 1][0].path}: {name} slice gaps are not uniform "
+                f"({', '.join(f'{g:.3f}' for g in gaps)} mm along the slice normal)"
+            )
+        # Slice step from the end slices keeps the first and last origins exact and spreads header rounding.
+        step = (origins[-1] - origins[0]) / (len(table) - 1)
+        predicted = origins[0] + np.arange(len(table))[:, None] * step
+        residual = np.linalg.norm(predicted - origins, axis=1)
+        if residual.max() > tolerance:
+            worst = int(np.argmax(residual))
+            raise ValueError(
+                f"{table[worst][0].path}: {name} slice origins are not on a straight line "
+                f"(off by {residual.max():.3f} mm)"
+            )
+        affine[:3, 2] = step
+    else:
+        affine[:3, 2] = first.normal * _slice_thickness(first)
+    for images in table:
+        for image in images:
+            if np.linalg.norm(image.position - images[0].position) > _POSITION_TOLERANCE_MM:
+                raise ValueError(
+                    f"{image.path}: image origin differs from other phases of its slice ({images[0].path})"
+                )
+    pixels = np.stack([np.stack([image.pixels() for image in images], axis=-1) for images in table], axis=2)
+    trigger_times = [[image.trigger_time for image in images] for images in table]
+    if all(t is not None for row in trigger_times for t in row):
+        frame_times = [float(np.median(column)) for column in zip(*trigger_times, strict=True)]
+    else:
+        frame_times = None
+    if name != SAX:
+        pixels = pixels[:, :, 0, :]
+    view = CineView(
+        image=pixels,
+        affine=LPS_TO_RAS @ affine,
+        frame_times_ms=frame_times,
+        source=str(first.path.parent),
+        name=name,
+    )
+    info = {
+        "trigger_times_ms": trigger_times,
+        "slice_positions_mm": [float(p) for p in origins @ first.normal],
+        "image_orientation_patient": [float(v) for v in first.orientation],
+        "pixel_spacing_mm": list(first.pixel_spacing),
+        "slice_thickness_mm": _optional_float(first.dataset, "SliceThickness"),
+        "series_instance_uids": sorted({image.series_uid for images in table for image in images}),
+        "series_descriptions": sorted({image.description for images in table for image in images}),
+    }
+    return view, info
+
+
+def _scanner_metadata(dataset: Dataset) -> dict[str, Any]:
+    fields = {
+        "Manufacturer": "manufacturer",
+        "ManufacturerModelName": "model",
+        "MagneticFieldStrength": "field_strength_t",
+        "HeartRate": "heart_rate_bpm",
+        "NominalInterval": "rr_interval_ms",
+        "CardiacNumberOfImages": "cardiac_number_of_images",
+        "RepetitionTime": "repetition_time_ms",
+        "EchoTime": "echo_time_ms",
+        "FlipAngle": "flip_angle_deg",
+        "Modality": "modality",
+    }
+    return {name: _json_value(dataset.get(keyword)) for keyword, name in fields.items() if dataset.get(keyword)}
+
+
+def _phi_metadata(dataset: Dataset) -> dict[str, Any]:
+    return {keyword: _json_value(dataset.get(keyword)) for keyword in PHI_KEYWORDS if dataset.get(keyword)}
+
+
+def list_dicom_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under `folder` (recursively, sorted) that carries the DICOM preamble."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _has_dicom_preamble(p))
+
+
+def read_dicom_study(folder: str | os.PathLike, keep_phi: bool = False) -> Study:
+    """Read one cine exam from a DICOM folder (see the module docstring for the exact policy)."""
+    # Real headers often break VR rules (e.g. UIDs with leading zeros); pydicom warns per element and per file.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _read_dicom_study(Path(folder), keep_phi)
+
+
+def _read_dicom_study(folder: Path, keep_phi: bool) -> Study:
+    files = list_dicom_files(folder)
+    if not files:
+        raise ValueError(f"{folder}: no DICOM files found")
+    # Messages kept in metadata name no files: paths can carry patient names and metadata is written out.
+    skipped: list[str] = []
+    warnings_out: list[str] = []
+    images: list[_Image] = []
+    seen_instances: set[str] = set()
+    skip_reasons: dict[str, int] = defaultdict(int)
+    for path in files:
+        parsed = _read_image(path)
+        if isinstance(parsed, str):
+            skip_reasons[parsed] += 1
+            continue
+        sop_uid = str(parsed.dataset.get("SOPInstanceUID", "") or "")
+        if sop_uid and sop_uid in seen_instances:
+            skip_reasons["duplicate SOPInstanceUID"] += 1
+            continue
+        seen_instances.add(sop_uid)
+        images.append(parsed)
+    skipped.extend(f"{count} DICOM file(s): {reason}" for reason, count in skip_reasons.items())
+    if not images:
+        raise ValueError(f"{folder}: no positioned DICOM images (no cine) found")
+
+    by_series: dict[str, list[_Image]] = defaultdict(list)
+    for image in images:
+        by_series[image.series_uid].append(image)
+
+    candidates: dict[str, list[tuple[int, list[list[_Image]]]]] = defaultdict(list)
+    series_records = []
+    single_phase_example: _Image | None = None
+    for uid, series_images in by_series.items():
+        first = series_images[0]
+        view = view_from_description(first.description)
+        slices = _cluster_positions(series_images, first.normal)
+        max_phases = max(len(s) for s in slices)
+        record = {
+            "series_instance_uid": uid,
+            "series_number": first.series_number,
+            "description": first.description,
+            "n_images": len(series_images),
+            "n_positions": len(slices),
+        }
+        series_records.append(record)
+        if max_phases < 2:
+            record["used_as"] = None
+            skipped.append(f"series {first.series_number} '{first.description}': single-phase, not a cine")
+            single_phase_example = single_phase_example or first
+            continue
+        if view is None:
+            if len(slices) > 1:
+                view = SAX
+            else:
+                record["used_as"] = None
+                skipped.append(
+                    f"series {first.series_number} '{first.description}': single-slice cine whose "
+                    "SeriesDescription does not name a view (2ch/3ch/4ch/sax)"
+                )
+                continue
+        if view in LAX_VIEWS and len(slices) > 1:
+            record["used_as"] = None
+            skipped.append(
+                f"series {first.series_number} '{first.description}': long-axis series with {len(slices)} "
+                "slice positions; only single-slice long-axis cines are supported"
+            )
+            continue
+        record["used_as"] = view
+        candidates[view].append((first.series_number, series_images))
+
+    if not candidates:
+        if single_phase_example is not None:
+            raise ValueError(f"{single_phase_example.path}: single-phase series: {folder} holds no cine")
+        raise ValueError(f"{folder}: no cine series found ({'; '.join(skipped) or 'no usable images'})")
+
+    views: dict[str, CineView] = {}
+    view_info: dict[str, dict] = {}
+    if SAX in candidates:
+        stack = [image for _, series_images in candidates[SAX] for image in series_images]
+        _check_same_grid(stack, SAX)
+        slices = _cluster_positions(stack, stack[0].normal)
+        resolved = []
+        for images_at_position in slices:
+            series_here = {image.series_uid for image in images_at_position}
+            if len(series_here) > 1:
+                # Repeated acquisitions of one slice: keep the latest series (highest SeriesNumber).
+                latest = max(images_at_position, key=lambda image: image.series_number).series_uid
+                warnings_out.append(f"sax: {len(series_here)} series at one slice position; kept the latest ({latest})")
+                images_at_position = [image for image in images_at_position if image.series_uid == latest]
+            resolved.append(images_at_position)
+        views[SAX], view_info[SAX] = _assemble_view(SAX, resolved, warnings_out)
+    for name in LAX_VIEWS:
+        if name not in candidates:
+            continue
+        options = sorted(candidates[name], key=lambda item: item[0])
+        if len(options) > 1:
+            warnings_out.append(f"{name}: {len(options)} series; kept the latest (series {options[-1][0]})")
+        series_images = options[-1][1]
+        _check_same_grid(series_images, name)
+        views[name], view_info[name] = _assemble_view(name, [series_images], warnings_out)
+
+    reference = images[0].dataset
+    metadata: dict[str, Any] = {
+        "source_format": "dicom",
+        "scanner": _scanner_metadata(reference),
+        "study_instance_uid": str(reference.get("StudyInstanceUID", "") or ""),
+        "series": sorted(series_records, key=lambda r: (r["series_number"], r["series_instance_uid"])),
+        "views": view_info,
+        "warnings": warnings_out,
+        "skipped": skipped,
+    }
+    if keep_phi:
+        metadata["patient"] = _phi_metadata(reference)
+    return Study(views=views, metadata=metadata, source=str(folder))

@@ -1,0 +1,485 @@
+"""Reading and writing models in the official CineMA checkpoint format (config.yaml + safetensors), offline.
+
+Which model a config.yaml describes (the rules of the released files):
+
+===================================================  =========================================================
+config                                               model
+===================================================  =========================================================
+``model.name: convunetr`` or ``task: segmentation``  :class:`~cinema.models.convunetr.ConvUNetR`
+(or ``task: landmark_heatmap``)
+``model.name: convvit`` (or task classification /   :class:`~cinema.models.convvit.ConvViT`; outputs =
+regression / landmark_coordinate)                    ``len(data[data.class_column])``, else 1 when
+                                                     ``data.regression_column`` is set, else ``model.out_chans``
+``model.name: unet`` / ``resnet``                    the CNN baselines (``UNet`` / ``ResNet``.from_config)
+no ``task`` and no ``model.name``                    pre-training :class:`~cinema.models.mae.CineMA`, all 4 views
+``model.name: mae``                                  CineMA with the views in ``model.views``
+===================================================  =========================================================
+
+Required fields: the transformer ``size`` and ``data.<sax|lax>.patch_size`` of the views used (plus ``model.views`` and
+the output size for fine-tuned models). Everything else defaults to the released configuration (in_chans 1, patch
+size [4,4,1], scale factor [2,2,1], conv channels [64,128] × 2 blocks, decoder [32..512] with [2,2,1] factors).
+Unknown fields are ignored and kept: ``model.config`` holds the full dict, so class lists and regression
+mean/std survive a save/load round trip.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from cinema.models.conv_stem import VIEWS, view_n_dims
+
+__all__ = [
+    "build_model",
+    "load_model",
+    "load_pretrained_encoder",
+    "load_state_dict_file",
+    "merge_config",
+    "model_kind",
+    "parse_convunetr_config",
+    "parse_convvit_config",
+    "parse_mae_config",
+    "read_config",
+    "save_model",
+]
+
+_REQUIRED = object()
+_TASK_KINDS = {
+    "segmentation": "convunetr",
+    "landmark_heatmap": "convunetr",
+    "classification": "convvit",
+    "regression": "convvit",
+    "landmark_coordinate": "convvit",
+}
+_MODEL_NAMES = ("mae", "convunetr", "convvit", "unet", "resnet")
+
+
+# ----------------------------------------------------------------------------------------------------------- config
+
+
+def _field(config: Mapping[str, Any], dotted: str, default: Any = _REQUIRED) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node or node[part] is None:
+            if default is _REQUIRED:
+                raise ValueError(f"config is missing required field {dotted!r}")
+            return default
+        node = node[part]
+    return node
+
+
+def _int_list(value: Any, name: str) -> list[int]:
+    try:
+        out = [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"config field {name!r} must be a list of integers, got {value!r}") from None
+    if not out or any(v <= 0 for v in out):
+        raise ValueError(f"config field {name!r} must be a non-empty list of positive integers, got {value!r}")
+    return out
+
+
+def _views(config: Mapping[str, Any]) -> list[str]:
+    views = _field(config, "model.views")
+    views = [views] if isinstance(views, str) else list(views)
+    if not views:
+        raise ValueError("config field 'model.views' is empty")
+    for view in views:
+        if view not in VIEWS:
+            raise ValueError(f"config field 'model.views' has unknown view {view!r}; expected some of {list(VIEWS)}")
+    return views
+
+
+def _view_data(config: Mapping[str, Any], views: list[str]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Image size and input channels per view from data.sax / data.lax (LAX falls back to data.<view>)."""
+    image_size, in_chans = {}, {}
+    for view in views:
+        key = "sax" if view == "sax" else "lax"
+        if view != "sax" and not isinstance(_field(config, "data.lax", None), Mapping):
+            key = view if isinstance(_field(config, f"data.{view}", None), Mapping) else "lax"
+        size = _int_list(_field(config, f"data.{key}.patch_size"), f"data.{key}.patch_size")
+        if len(size) != view_n_dims(view):
+            raise ValueError(f"config field 'data.{key}.patch_size' must have {view_n_dims(view)} values for {view}")
+        image_size[view] = size
+        in_chans[view] = int(_field(config, f"data.{key}.in_chans", 1))
+    return image_size, in_chans
+
+
+def _encoder_kwargs(config: Mapping[str, Any], section: str) -> dict[str, Any]:
+    return {
+        "size": str(_field(config, f"{section}.size")),
+        "enc_patch_size": _int_list(_field(config, f"{section}.enc_patch_size", [4, 4, 1]), "enc_patch_size"),
+        "enc_scale_factor": _int_list(_field(config, f"{section}.enc_scale_factor", [2, 2, 1]), "enc_scale_factor"),
+        "enc_conv_chans": [int(c) for c in _field(config, f"{section}.enc_conv_chans", [64, 128])],
+        "enc_conv_n_blocks": int(_field(config, f"{section}.enc_conv_n_blocks", 2)),
+        "drop_path": float(_field(config, f"{section}.drop_path", 0.0)),
+        "grad_ckpt": bool(_field(config, "grad_ckpt", False)),
+    }
+
+
+def parse_mae_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :class:`~cinema.models.mae.CineMA` from a pre-training config."""
+    # The official loader always builds the four views, whatever model.views says; "name: mae" opts into model.views.
+    views = _views(config) if _field(config, "model.name", None) == "mae" else list(VIEWS)
+    image_size, in_chans = _view_data(config, views)
+    return {
+        "image_size": image_size,
+        "in_chans": in_chans,
+        "size": str(_field(config, "model.size")),
+        "patch_size": _int_list(_field(config, "model.patch_size", [4, 4, 1]), "model.patch_size"),
+        "scale_factor": _int_list(_field(config, "model.scale_factor", [2, 2, 1]), "model.scale_factor"),
+        "conv_chans": [int(c) for c in _field(config, "model.enc_conv_chans", [64, 128])],
+        "conv_n_blocks": int(_field(config, "model.enc_conv_n_blocks", 2)),
+        "grad_ckpt": bool(_field(config, "grad_ckpt", False)),
+    }
+
+
+def parse_convunetr_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :class:`~cinema.models.convunetr.ConvUNetR` from a segmentation config."""
+    image_size, in_chans = _view_data(config, _views(config))
+    section = "model.convunetr"
+    return {
+        "image_size": image_size,
+        "in_chans": in_chans,
+        "out_chans": int(_field(config, "model.out_chans")),
+        **_encoder_kwargs(config, section),
+        "dec_chans": _int_list(_field(config, f"{section}.dec_chans", [32, 64, 128, 256, 512]), "dec_chans"),
+        "dec_patch_size": _int_list(_field(config, f"{section}.dec_patch_size", [2, 2, 1]), "dec_patch_size"),
+        "dec_scale_factor": _int_list(_field(config, f"{section}.dec_scale_factor", [2, 2, 1]), "dec_scale_factor"),
+        "dropout": float(_field(config, f"{section}.dropout", 0.0)),
+    }
+
+
+def parse_convvit_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :class:`~cinema.models.convvit.ConvViT` from a classification/regression config."""
+    image_size, in_chans = _view_data(config, _views(config))
+    class_column = _field(config, "data.class_column", None)
+    if class_column is not None:
+        classes = _field(config, f"data.{class_column}")
+        if isinstance(classes, str | bytes) or not hasattr(classes, "__len__") or len(classes) == 0:
+            raise ValueError(f"config field 'data.{class_column}' must be the non-empty list of class names")
+        out_chans = len(classes)
+    elif _field(config, "data.regression_column", None) is not None:
+        out_chans = 1
+    else:
+        out_chans = int(_field(config, "model.out_chans"))
+    return {
+        "image_size": image_size,
+        "in_chans": in_chans,
+        "out_chans": out_chans,
+        "n_frames": int(_field(config, "model.n_frames", 1)),
+        **_encoder_kwargs(config, "model.convvit"),
+    }
+
+
+def merge_config(original: Mapping[str, Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """``original`` with ``resolved`` written over it, recursively; fields only in ``original`` are kept."""
+    out = copy.deepcopy(dict(original))
+    for key, value in resolved.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def model_kind(config: Mapping[str, Any]) -> str:
+    """ "mae", "convunetr", "convvit", "unet" or "resnet" (see the module table)."""
+    if not isinstance(_field(config, "model"), Mapping):
+        raise ValueError("config field 'model' must be a mapping")
+    name = _field(config, "model.name", None)
+    if name is not None:
+        if name not in _MODEL_NAMES:
+            raise ValueError(f"config field 'model.name' is {name!r}; expected one of {list(_MODEL_NAMES)}")
+        return str(name)
+    task = config.get("task")
+    if task is None:
+        return "mae"
+    if task not in _TASK_KINDS:
+        raise ValueError(f"cannot tell the model from task {task!r} without 'model.name'")
+    return _TASK_KINDS[task]
+
+
+def read_config(config: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    """Config dict and, when ``config`` is a path, the folder it came from.
+
+    ``config`` may be a dict, a YAML file or a folder that holds ``config.yaml``.
+    """
+    if isinstance(config, Mapping):
+        return copy.deepcopy(dict(config)), None
+    path = Path(config)
+    if path.is_dir():
+        path = path / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"model config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    return dict(data), path.parent
+
+
+def build_model(config: str | Path | Mapping[str, Any]) -> nn.Module:
+    """A freshly initialised model (train mode) for an official-format config (dict, YAML file or folder)."""
+    cfg, folder = read_config(config)
+    try:
+        return _build(cfg)
+    except ValueError as err:
+        if folder is None:
+            raise
+        raise ValueError(f"{folder / 'config.yaml'}: {err}") from None
+
+
+def _build(cfg: Mapping[str, Any]) -> nn.Module:
+    kind = model_kind(cfg)
+    if kind == "mae":
+        from cinema.models.mae import CineMA
+
+        return CineMA.from_config(cfg)
+    if kind == "convunetr":
+        from cinema.models.convunetr import ConvUNetR
+
+        return ConvUNetR.from_config(cfg)
+    if kind == "convvit":
+        from cinema.models.convvit import ConvViT
+
+        return ConvViT.from_config(cfg)
+    if kind == "unet":
+        from cinema.models.unet import UNet
+
+        return UNet.from_config(cfg)
+    from cinema.models.resnet import ResNet
+
+    return ResNet.from_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------- weights
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """State dict from a .safetensors file or a .pt/.pth file (a state dict or a training checkpoint {"model": ...})."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    if path.suffix in (".pt", ".pth", ".ckpt"):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several unrelated types for corrupt files
+            raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from None
+        if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
+            data = data["model"]
+        if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+            raise ValueError(f"{path}: does not hold a state dict")
+        return dict(data)
+    raise ValueError(f"{path}: unsupported weights format {path.suffix!r} (use .safetensors or .pt)")
+
+
+def _find_weights(folder: Path) -> Path:
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+    names = ", ".join(p.name for p in found)
+    raise ValueError(f"{folder} holds several weight files ({names}); pass the one to load as `weights`")
+
+
+def _describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], limit: int = 5) -> str | None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shaped = [
+        f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrongly shaped", shaped)):
+        if keys:
+            more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+            parts.append(f"{len(keys)} {label}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts) or None
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, assign: bool) -> None:
+    problem = _describe_mismatch(model, state)
+    if problem:
+        raise ValueError(f"weights {source} do not fit the model of its config: {problem}")
+    expected = model.state_dict()
+    # keep the model's dtypes (a bf16 file loads into an fp32 model as fp32)
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=assign)
+
+
+def load_model(
+    config: str | Path | Mapping[str, Any],
+    weights: str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Load an official-format model, offline, in eval mode.
+
+    Args:
+        config: a folder holding config.yaml and the weights (``model.safetensors``, or the only ``*.safetensors``),
+            a config.yaml path, or the config dict.
+        weights: a .safetensors / .pt file; defaults to the weights in the config's folder.
+        device: where to put the model (default CPU).
+    """
+    cfg, folder = read_config(config)
+    if weights is None:
+        if folder is None:
+            raise ValueError("load_model needs `weights` when the config is given as a dict")
+        weights = _find_weights(folder)
+    state = load_state_dict_file(weights)
+    where = f"{folder / 'config.yaml'}: " if folder is not None else ""
+    try:
+        # Built without allocating or initialising parameters; the loaded tensors are then used as the parameters.
+        with torch.device("meta"):
+            model = _build(cfg)
+    except ValueError as err:
+        raise ValueError(f"{where}{err}") from None
+    _load_strict(model, state, str(weights), assign=True)
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:  # a module with non-persistent buffers: build it for real
+        model = _build(cfg)
+        _load_strict(model, state, str(weights), assign=False)
+    return model.to(device or "cpu").eval()
+
+
+def _atomic_write(path: Path, write: Any) -> Path:
+    """Write through ``write(tmp_path)`` to a temporary file next to ``path``; returns the temp path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def save_model(model: nn.Module, folder: str | Path) -> Path:
+    """Write ``config.yaml`` (``model.config``) and ``model.safetensors`` into ``folder`` atomically; returns folder."""
+    from safetensors.torch import save_file
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{type(model).__name__} has no official-format `config` dict; cannot save it")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    text = yaml.safe_dump(_plain(config), sort_keys=False)
+    tmp_cfg = _atomic_write(folder / "config.yaml", lambda p: p.write_text(text, encoding="utf-8"))
+    try:
+        tmp_w = _atomic_write(
+            folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"})
+        )
+    except BaseException:
+        tmp_cfg.unlink(missing_ok=True)
+        raise
+    os.replace(tmp_w, folder / "model.safetensors")
+    os.replace(tmp_cfg, folder / "config.yaml")
+    return folder
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe copy: tuples → lists, mappings → dicts, numpy/torch scalars → Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ transfer learning
+
+
+def load_pretrained_encoder(
+    model: nn.Module,
+    mae: str | Path | Mapping[str, torch.Tensor] | nn.Module,
+    freeze: bool = False,
+) -> nn.Module:
+    """Initialise a ConvViT / ConvUNetR encoder from a pre-trained CineMA MAE, as the reference fine-tuning does.
+
+    Taken from the MAE: the stems of the model's views (without ``pos_embed``, which stays the model's own freshly
+    computed table), the fusion modules if the model has them, and the shared encoder. The decoder, heads, mask token,
+    ``dec_linear`` and unused views are dropped. When the model stacks frames as channels, the first conv's kernel is
+    repeated over them. Verifies that nothing but the position tables is left unloaded in the encoder.
+
+    Args:
+        model: the target model (changed in place and returned).
+        mae: MAE weights: a .safetensors/.pt file, a folder with config.yaml + weights, a state dict or a CineMA.
+        freeze: stop gradients of every loaded parameter.
+    """
+    if isinstance(mae, nn.Module):
+        source, state = type(mae).__name__, mae.state_dict()
+    elif isinstance(mae, Mapping):
+        source, state = "state dict", dict(mae)
+    else:
+        path = Path(mae)
+        source = str(path)
+        state = load_state_dict_file(_find_weights(path) if path.is_dir() else path)
+    views = list(getattr(model, "views", []))
+    if not views or not hasattr(model, "enc_down_dict") or not hasattr(model, "encoder"):
+        raise ValueError(f"{type(model).__name__} has no CineMA encoder to initialise")
+    has_fusion = hasattr(model, "enc_fusion_dict")
+    for view in views:
+        if not any(k.startswith(f"enc_down_dict.{view}.") for k in state):
+            raise ValueError(f"pre-trained weights {source} have no stem for view {view!r}")
+
+    prefixes = ["encoder."] + [f"enc_down_dict.{v}." for v in views]
+    prefixes += [f"enc_fusion_dict.{v}." for v in views] if has_fusion else []
+    target = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not key.startswith(tuple(prefixes)) or key.endswith("pos_embed"):
+            continue
+        want = target.get(key)
+        if want is not None and key.endswith("conv_blocks.0.patch_embed.conv.weight") and want.shape != value.shape:
+            # stacked frames (ED, ES) or modalities: repeat the single-frame kernel over the new input channels
+            if value.shape[1] and want.shape[1] % value.shape[1] == 0 and value.shape[2:] == want.shape[2:]:
+                reps = [1, want.shape[1] // value.shape[1]] + [1] * (value.ndim - 2)
+                value = value.repeat(*reps)
+        loaded[key] = value
+
+    unexpected = [k for k in loaded if k not in target]
+    shaped = [
+        f"{k} {tuple(v.shape)} (model: {tuple(target[k].shape)})"
+        for k, v in loaded.items()
+        if k in target and tuple(v.shape) != tuple(target[k].shape)
+    ]
+    encoder_keys = [k for k in target if k.startswith(("enc_down_dict.", "enc_fusion_dict.", "encoder."))]
+    missing = [k for k in encoder_keys if k not in loaded and not k.endswith("pos_embed")]
+    if unexpected or shaped or missing:
+        details = [
+            f"{label}: {', '.join(keys[:5])}"
+            for label, keys in (("unexpected", unexpected), ("wrongly shaped", shaped), ("missing", missing))
+            if keys
+        ]
+        raise ValueError(f"pre-trained weights {source} do not fit {type(model).__name__}: {'; '.join(details)}")
+    model.load_state_dict(loaded, strict=False)
+    if freeze:
+        for name, param in model.named_parameters():
+            if name in loaded:
+                param.requires_grad_(False)
+    return model

@@ -1,0 +1,348 @@
+"""Residual U-Net baseline for 2-D (LAX, or SAX slices) and 3-D (SAX) segmentation.
+
+Layout and state-dict names follow the CineMA reference baseline (``cinema/segmentation/unet.py``), so its checkpoints
+load unchanged:
+
+- ``encoder.in_conv``: conv → norm → GELU taking the image to ``chans[0]`` channels;
+- ``encoder.blocks.<i>.conv.<j>``: ``n_blocks`` pre-activation ConvResBlocks at ``chans[i]`` channels, then
+  ``encoder.blocks.<i>.down``, a strided conv (kernel = stride = ``patch_size`` for the first level,
+  ``scale_factor`` after) to ``chans[i + 1]`` channels;
+- ``decoder.blocks.<i>.conv.<j>`` / ``decoder.blocks.<i>.up`` mirror the encoder deepest-first, upsampling with
+  transposed convs;
+- ``out_conv``: 1×1 conv to ``out_chans`` logits.
+
+Every encoder activation (input conv, each block, each downsampling) is added back in the decoder, additive
+skips rather than concatenation. The reference also builds a ``decoder.in_conv`` it never calls; it is kept (unused)
+because it is part of the published parameter counts (SAX 77,269,188; LAX 26,691,204) and of the checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from cinema.models.conv import ConvNormAct, ConvResBlock, conv_cls, conv_transpose_cls
+
+__all__ = ["UNet", "unet_config"]
+
+IntOrSeq = int | Sequence[int]
+
+DEFAULT_CHANS = (32, 64, 128, 256, 512)
+
+
+def _as_tuple(value: IntOrSeq, n_dims: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n_dims
+    value = tuple(int(v) for v in value)
+    # Official configs list the 3-D factor (2, 2, 1) also for 2-D views and rely on slicing to the first n_dims.
+    if len(value) < n_dims:
+        raise ValueError(f"{name} {value} has fewer than n_dims={n_dims} entries")
+    return value[:n_dims]
+
+
+def unet_config(
+    view: str = "sax",
+    in_chans: int = 1,
+    out_chans: int = 4,
+    n_dims: int | None = None,
+    chans: Sequence[int] = DEFAULT_CHANS,
+    n_blocks: int = 2,
+    patch_size: Sequence[int] = (2, 2, 1),
+    scale_factor: Sequence[int] = (2, 2, 1),
+    dropout: float = 0.1,
+    norm: str = "instance",
+    kernel_size: int = 3,
+    grad_ckpt: bool = False,
+) -> dict[str, Any]:
+    """Official-layout config (``model.name: unet``) for :meth:`UNet.from_config`.
+
+    ``n_dims`` defaults to 3 for ``sax`` and 2 for LAX views; pass ``n_dims=2`` with ``view="sax"`` for a U-Net on
+    SAX slices. ``n_blocks``, ``norm``, ``kernel_size`` and ``model.unet.n_dims`` are extensions of the reference
+    layout, which fixes them to 2, instance, 3 and the number of spacing entries.
+    """
+    if n_dims is None:
+        n_dims = 3 if view == "sax" else 2
+    spacing = [1.0, 1.0, 10.0] if n_dims == 3 else [1.0, 1.0]
+    return {
+        "task": "segmentation",
+        "grad_ckpt": bool(grad_ckpt),
+        "data": {view: {"spacing": spacing, "in_chans": int(in_chans)}},
+        "model": {
+            "name": "unet",
+            "views": view,
+            "out_chans": int(out_chans),
+            "unet": {
+                "n_dims": int(n_dims),
+                "chans": [int(c) for c in chans],
+                "n_blocks": int(n_blocks),
+                "dropout": float(dropout),
+                "patch_size": [int(p) for p in patch_size],
+                "scale_factor": [int(s) for s in scale_factor],
+                "norm": norm,
+                "kernel_size": int(kernel_size),
+            },
+        },
+    }
+
+
+class UNetEncoder(nn.Module):
+    """Input conv, then per level ``n_blocks`` ConvResBlocks and a strided-conv downsampling (none at the last)."""
+
+    def __init__(
+        self,
+        n_dims: int,
+        in_chans: int,
+        chans: Sequence[int],
+        patch_size: tuple[int, ...],
+        scale_factor: tuple[int, ...],
+        n_blocks: int,
+        norm: str,
+        kernel_size: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.in_conv = ConvNormAct(n_dims, in_chans, chans[0], norm=norm, kernel_size=kernel_size)
+        self.blocks = nn.ModuleList()
+        for i, ch in enumerate(chans):
+            level = nn.Module()
+            level.conv = nn.ModuleList(
+                ConvResBlock(ch, ch, n_dims=n_dims, norm=norm, dropout=dropout, kernel_size=kernel_size)
+                for _ in range(n_blocks)
+            )
+            if i < len(chans) - 1:
+                factor = patch_size if i == 0 else scale_factor
+                level.down = conv_cls(n_dims)(ch, chans[i + 1], kernel_size=factor, stride=factor)
+            self.blocks.append(level)
+        self.grad_ckpt = False
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every intermediate activation, shallowest first: the decoder consumes them in reverse as skips."""
+        x = self.in_conv(x)
+        skips = [x]
+        for level in self.blocks:
+            for block in level.conv:
+                x = _run(block, x, self.grad_ckpt)
+                skips.append(x)
+            if hasattr(level, "down"):
+                x = level.down(x)
+                skips.append(x)
+        return skips
+
+
+class UNetDecoder(nn.Module):
+    """Deepest level first: ``n_blocks`` ConvResBlocks, each adding a skip, then a transposed-conv upsampling."""
+
+    def __init__(
+        self,
+        n_dims: int,
+        chans: Sequence[int],
+        patch_size: tuple[int, ...],
+        scale_factor: tuple[int, ...],
+        n_blocks: int,
+        norm: str,
+        kernel_size: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        # Never called (see the module docstring): kept so parameter counts and checkpoints match the reference.
+        self.in_conv = ConvNormAct(n_dims, chans[-1], chans[0], norm=norm, kernel_size=kernel_size)
+        self.blocks = nn.ModuleList()
+        n_levels = len(chans)
+        for i, ch in enumerate(reversed(chans)):
+            level = nn.Module()
+            level.conv = nn.ModuleList(
+                ConvResBlock(ch, ch, n_dims=n_dims, norm=norm, dropout=dropout, kernel_size=kernel_size)
+                for _ in range(n_blocks)
+            )
+            if i < n_levels - 1:
+                factor = patch_size if i == n_levels - 2 else scale_factor
+                level.up = conv_transpose_cls(n_dims)(ch, chans[-i - 2], kernel_size=factor, stride=factor)
+            self.blocks.append(level)
+        self.grad_ckpt = False
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        skips = list(skips)
+        x = skips.pop()
+        for level in self.blocks:
+            for block in level.conv:
+                x = _run(block, x, self.grad_ckpt) + skips.pop()
+            if hasattr(level, "up"):
+                x = level.up(x) + skips.pop()
+        return x
+
+
+def _run(block: nn.Module, x: torch.Tensor, grad_ckpt: bool) -> torch.Tensor:
+    # Recompute the block in backward instead of storing its activations; pointless without autograd.
+    if grad_ckpt and block.training and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False)
+    return block(x)
+
+
+class UNet(nn.Module):
+    """Residual U-Net: ``forward(x (B, C, *spatial))`` → logits ``(B, out_chans, *spatial)``.
+
+    Also accepts the ConvUNetR convention ``{view: x}`` → ``{view: logits}`` (exactly one view), so the trainer can
+    treat both alike. Spatial sizes must be divisible by the total downsampling factor :attr:`size_divisor`.
+    """
+
+    def __init__(
+        self,
+        n_dims: int,
+        in_chans: int,
+        out_chans: int,
+        chans: Sequence[int] = DEFAULT_CHANS,
+        patch_size: IntOrSeq = (2, 2, 1),
+        scale_factor: IntOrSeq = (2, 2, 1),
+        n_blocks: int = 2,
+        dropout: float = 0.0,
+        norm: str = "instance",
+        kernel_size: int = 3,
+        grad_ckpt: bool = False,
+        view: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if n_dims not in (2, 3):
+            raise ValueError(f"n_dims must be 2 or 3, got {n_dims}")
+        chans = tuple(int(c) for c in chans)
+        if len(chans) < 2 or min(chans) < 1:
+            raise ValueError(f"chans must list at least 2 positive channel counts, got {list(chans)}")
+        if n_blocks < 1:
+            raise ValueError(f"n_blocks must be at least 1, got {n_blocks}")
+        patch_size = _as_tuple(patch_size, n_dims, "patch_size")
+        scale_factor = _as_tuple(scale_factor, n_dims, "scale_factor")
+        self.n_dims = n_dims
+        self.in_chans = int(in_chans)
+        self.out_chans = int(out_chans)
+        self.view = view if view is not None else ("sax" if n_dims == 3 else "lax_4c")
+        self.size_divisor = tuple(p * s ** (len(chans) - 2) for p, s in zip(patch_size, scale_factor, strict=True))
+        self.encoder = UNetEncoder(
+            n_dims, in_chans, chans, patch_size, scale_factor, n_blocks, norm, kernel_size, dropout
+        )
+        self.decoder = UNetDecoder(n_dims, chans, patch_size, scale_factor, n_blocks, norm, kernel_size, dropout)
+        self.out_conv = conv_cls(n_dims)(chans[0], out_chans, kernel_size=1)
+        self.set_grad_ckpt(grad_ckpt)
+        if config is None:
+            config = unet_config(
+                view=self.view,
+                in_chans=in_chans,
+                out_chans=out_chans,
+                n_dims=n_dims,
+                chans=chans,
+                n_blocks=n_blocks,
+                patch_size=patch_size,
+                scale_factor=scale_factor,
+                dropout=dropout,
+                norm=norm,
+                kernel_size=kernel_size,
+                grad_ckpt=grad_ckpt,
+            )
+        self.config = copy.deepcopy(dict(config))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> UNet:
+        """Build from an official-layout config (``model.name: unet``; see :func:`unet_config`).
+
+        Reads ``model.views`` (or the older ``model.view``), ``model.out_chans``, ``model.unet.{chans, dropout,
+        patch_size, scale_factor}``, the view's ``data.<view>.in_chans`` (``data.lax`` serves every LAX view, as in
+        the reference) and ``grad_ckpt``. The number of spatial dims is ``model.unet.n_dims`` if given, else the
+        length of ``data.<view>.spacing``, else 3 for ``sax`` and 2 otherwise.
+        """
+        model_cfg = _section(config, "model")
+        unet_cfg = _section(model_cfg, "unet", "model.unet")
+        view = _single_view(model_cfg, "UNet")
+        view_cfg = _view_data(config, view)
+        n_dims = unet_cfg.get("n_dims")
+        if n_dims is None:
+            n_dims = len(view_cfg["spacing"]) if "spacing" in view_cfg else (3 if view == "sax" else 2)
+        return cls(
+            n_dims=int(n_dims),
+            in_chans=int(_required(view_cfg, "in_chans", f"data.{_view_data_key(config, view)}")),
+            out_chans=int(_required(model_cfg, "out_chans", "model")),
+            chans=_required(unet_cfg, "chans", "model.unet"),
+            patch_size=unet_cfg.get("patch_size", (2, 2, 1)),
+            scale_factor=unet_cfg.get("scale_factor", (2, 2, 1)),
+            n_blocks=int(unet_cfg.get("n_blocks", 2)),
+            dropout=float(unet_cfg.get("dropout", 0.0)),
+            norm=str(unet_cfg.get("norm", "instance")),
+            kernel_size=int(unet_cfg.get("kernel_size", 3)),
+            grad_ckpt=bool(config.get("grad_ckpt", False)),
+            view=view,
+            config=config,
+        )
+
+    def set_grad_ckpt(self, enable: bool = True) -> None:
+        """Recompute each ConvResBlock during backward to save activation memory (training only)."""
+        self.grad_ckpt = bool(enable)
+        self.encoder.grad_ckpt = self.grad_ckpt
+        self.decoder.grad_ckpt = self.grad_ckpt
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless x is (B, in_chans, *spatial) with sizes divisible by :attr:`size_divisor`."""
+        if x.ndim != self.n_dims + 2:
+            raise ValueError(
+                f"UNet ({self.n_dims}-D) expects input (batch, {self.in_chans}, *{self.n_dims} spatial dims), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"UNet expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        spatial = tuple(x.shape[2:])
+        if any(s % d for s, d in zip(spatial, self.size_divisor, strict=True)):
+            raise ValueError(
+                f"UNet input spatial size {spatial} is not divisible by the total downsampling factor "
+                f"{self.size_divisor}; pad or crop the image first"
+            )
+
+    def forward(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
+        if isinstance(x, Mapping):
+            if len(x) != 1:
+                raise ValueError(f"UNet takes exactly one view, got {len(x)}: {sorted(x)}")
+            ((view, image),) = x.items()
+            return {view: self.forward(image)}
+        self.check_input(x)
+        return self.out_conv(self.decoder(self.encoder(x)))
+
+
+def _section(config: Mapping[str, Any], key: str, where: str | None = None) -> Mapping[str, Any]:
+    value = config.get(key)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"config is missing the section {where or key!r}")
+    return value
+
+
+def _required(section: Mapping[str, Any], key: str, where: str) -> Any:
+    if section.get(key) is None:
+        raise ValueError(f"config is missing the field {where}.{key}")
+    return section[key]
+
+
+def _single_view(model_cfg: Mapping[str, Any], model_name: str) -> str:
+    views = model_cfg.get("views", model_cfg.get("view"))
+    if views is None:
+        raise ValueError("config is missing the field model.views")
+    if isinstance(views, str):
+        views = [views]
+    views = list(views)
+    if len(views) != 1:
+        raise ValueError(f"{model_name} supports a single view, config model.views lists {views}")
+    return str(views[0])
+
+
+def _view_data_key(config: Mapping[str, Any], view: str) -> str:
+    data = config.get("data") or {}
+    if view != "sax" and view not in data and "lax" in data:
+        return "lax"
+    return view
+
+
+def _view_data(config: Mapping[str, Any], view: str) -> Mapping[str, Any]:
+    data = _section(config, "data")
+    key = _view_data_key(config, view)
+    if not isinstance(data.get(key), Mapping):
+        raise ValueError(f"config is missing the section 'data.{key}' for view {view!r}")
+    return data[key]
