@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 # A plausible oblique short-axis orientation (row direction, column direction), unit and orthogonal.
 SAX_ORIENTATION = (0.7122, 0.7011, -0.0344, -0.3077, 0.2678, -0.9130)

@@ -45,7 +45,8 @@ def _run(model: torch.nn.Module, kind: str, inputs: dict, expected: dict) -> dic
                 out.update({f"pred.{k}": v for k, v in pred.items()})
                 out.update({f"mask.{k}": v.to(expected[f"mask.{k}"].dtype) for k, v in used.items()})
         elif kind == "convunetr":
-            out.update({"logits": model(images)[v] for v in model.views})
+            (view,) = model.views
+            out["logits"] = model(images)[view]
         elif kind == "convvit":
             for key in expected:
                 reduce = key.split(".", 1)[1]
@@ -104,3 +105,20 @@ def test_base_state_dict_keys_and_shapes(golden_dir: Path) -> None:
         shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
         assert list(shapes) == list(reference[name]), f"{name}: key order differs"
         assert shapes == reference[name], name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", FOLDERS or [pytest.param("", marks=pytest.mark.skip(reason="no golden folders"))])
+def test_golden_folder_batch_of_two(golden_dir: Path, folder: str) -> None:
+    """Batching must not mix samples: a batch of two copies gives the expected outputs for each sample."""
+    path = golden_dir / folder
+    model = load_model(path)
+    kind = model_kind(read_config(path)[0])
+    expected = load_file(str(path / "expected.safetensors"))
+    inputs = {k: torch.cat([v, v]) for k, v in load_file(str(golden_dir / "inputs.safetensors")).items()}
+    doubled = {k: v if k == "loss" else torch.cat([v, v]) for k, v in expected.items()}
+    out = _run(model, kind, inputs, doubled)
+    for key, want in doubled.items():
+        got = out[key].reshape(want.shape) if key == "loss" else out[key]
+        err = (got.float() - want.float()).abs().max().item()
+        assert err <= ATOL, f"{folder}/{key} (batch of 2): max abs error {err:.3g} > {ATOL}"

@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "example": ("cinema.cli.example", "run the built-in example (MAE reconstruction of a bundled real image)"),
+    "convert": ("cinema.cli.convert", "convert a DICOM cine exam to NIfTI cines + study.json"),
 }
 
 

@@ -8,7 +8,8 @@ Policy, in order:
    skipped and listed in ``metadata["skipped"]``.
 2. Files are grouped by SeriesInstanceUID. A series is a view by its SeriesDescription ("2ch", "4CH", "lvot",
    "sax", "SA", "CINE_segmented_SAX_b3", ...); a series that does not say so is a short-axis stack when its images
-   lie at several positions, and is skipped otherwise (a single-slice cine cannot be assigned to a chamber view).
+   share one orientation and lie at several positions, and is skipped otherwise (a single-slice cine cannot be
+   assigned to a chamber view; an unnamed series with several orientations is no stack).
 3. Series where no position has more than one phase (localisers, single-phase scans) are skipped; if nothing is
    left the folder has no cine and reading fails.
 4. All short-axis series are merged into one stack (scanners such as UK Biobank write one series per slice). The
@@ -22,11 +23,13 @@ Policy, in order:
 6. Pixel values get RescaleSlope / RescaleIntercept. DICOM patient coordinates (LPS) become RAS+ by negating x
    and y. The image x axis follows DICOM columns (the first ImageOrientationPatient vector) and y follows rows.
 
-Patient-identifying fields are never copied into the `Study` unless ``keep_phi=True``.
+Patient-identifying fields are never copied into the `Study` unless ``keep_phi=True``; without it, study and series
+UIDs are replaced by truncated SHA-256 pseudonyms.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -109,11 +112,9 @@ def _json_value(value: Any) -> Any:
     """A DICOM element value as plain JSON data."""
     if isinstance(value, list | tuple | MultiValue):
         return [_json_value(v) for v in value]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value) if isinstance(value, float) else int(value)
-    if isinstance(value, DSfloat | DSdecimal):
+    if isinstance(value, DSfloat | DSdecimal | float):
         return float(value)
-    if isinstance(value, IS):
+    if isinstance(value, IS | int) and not isinstance(value, bool):
         return int(value)
     return str(value)
 
@@ -169,7 +170,13 @@ def _read_image(path: Path) -> _Image | str:
     except Exception as err:
         raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
     if "PixelData" not in dataset:
-        return "no pixel data"
+        # pydicom returns what it parsed before a truncation; an image object without pixels is a damaged file.
+        sop_class = dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID")
+        if sop_class is None:
+            raise ValueError(f"{path}: unreadable DICOM file (no SOP class, no pixel data)")
+        if "Rows" in dataset or "ImagePositionPatient" in dataset or "Image Storage" in getattr(sop_class, "name", ""):
+            raise ValueError(f"{path}: image without pixel data (truncated file?)")
+        return "not an image (no pixel data)"
     position = _float_list(dataset, "ImagePositionPatient")
     orientation = _float_list(dataset, "ImageOrientationPatient")
     if position is None or orientation is None:
@@ -402,6 +409,20 @@ def list_dicom_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and _has_dicom_preamble(p))
 
 
+def _pseudonymise_uid(uid: str) -> str:
+    # UIDs can link an exam back to the hospital's records (PS3.15 replaces them); a hash still lets users tell
+    # series apart and match them across runs.
+    return "sha256:" + hashlib.sha256(uid.encode()).hexdigest()[:20] if uid else ""
+
+
+def _pseudonymise_uids(metadata: dict[str, Any]) -> None:
+    metadata["study_instance_uid"] = _pseudonymise_uid(metadata["study_instance_uid"])
+    for record in metadata["series"]:
+        record["series_instance_uid"] = _pseudonymise_uid(record["series_instance_uid"])
+    for info in metadata["views"].values():
+        info["series_instance_uids"] = [_pseudonymise_uid(uid) for uid in info["series_instance_uids"]]
+
+
 def read_dicom_study(folder: str | os.PathLike, keep_phi: bool = False) -> Study:
     """Read one cine exam from a DICOM folder (see the module docstring for the exact policy)."""
     # Real headers often break VR rules (e.g. UIDs with leading zeros); pydicom warns per element and per file.
@@ -442,6 +463,7 @@ def _read_dicom_study(folder: Path, keep_phi: bool) -> Study:
     candidates: dict[str, list[tuple[int, list[list[_Image]]]]] = defaultdict(list)
     series_records = []
     single_phase_example: _Image | None = None
+    mixed_example: list[_Image] | None = None
     for uid, series_images in by_series.items():
         first = series_images[0]
         view = view_from_description(first.description)
@@ -459,6 +481,13 @@ def _read_dicom_study(folder: Path, keep_phi: bool) -> Study:
             record["used_as"] = None
             skipped.append(f"series {first.series_number} '{first.description}': single-phase, not a cine")
             single_phase_example = single_phase_example or first
+            continue
+        orientations = {tuple(np.round(image.orientation, 3)) for image in series_images}
+        if view is None and len(orientations) > 1:
+            # e.g. several long-axis planes in one unnamed series: not a stack, and no chamber to assign.
+            record["used_as"] = None
+            skipped.append(f"series {first.series_number} '{first.description}': unnamed series, several orientations")
+            mixed_example = mixed_example or series_images
             continue
         if view is None:
             if len(slices) > 1:
@@ -481,6 +510,8 @@ def _read_dicom_study(folder: Path, keep_phi: bool) -> Study:
         candidates[view].append((first.series_number, series_images))
 
     if not candidates:
+        if mixed_example is not None:
+            _check_same_grid(mixed_example, "unnamed")
         if single_phase_example is not None:
             raise ValueError(f"{single_phase_example.path}: single-phase series: {folder} holds no cine")
         raise ValueError(f"{folder}: no cine series found ({'; '.join(skipped) or 'no usable images'})")
@@ -523,4 +554,6 @@ def _read_dicom_study(folder: Path, keep_phi: bool) -> Study:
     }
     if keep_phi:
         metadata["patient"] = _phi_metadata(reference)
+    else:
+        _pseudonymise_uids(metadata)
     return Study(views=views, metadata=metadata, source=str(folder))

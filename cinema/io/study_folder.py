@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,22 @@ def _time_step(view: CineView) -> float | None:
     return float(np.median(steps)) if (steps > 0).all() else None
 
 
+_NUMBER = r"(?:-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|null)"
+_NUMBER_LIST = re.compile(rf"\[\s*({_NUMBER}(?:,\s*{_NUMBER})*)\s*\]")
+
+
+def _dumps(content: dict[str, Any]) -> str:
+    """Indented JSON with lists of numbers kept on one line (affines, trigger-time tables stay readable)."""
+    text = json.dumps(content, indent=2)
+
+    def collapse(match: re.Match[str]) -> str:
+        if "\n" not in match.group(0):  # already on one line, possibly inside a string value: leave it alone
+            return match.group(0)
+        return "[" + ", ".join(re.split(r",\s*", match.group(1))) + "]"
+
+    return _NUMBER_LIST.sub(collapse, text) + "\n"
+
+
 def study_json(study: Study, keep_phi: bool = False) -> dict[str, Any]:
     """The ``study.json`` content for `study` (files named as `write_study` names them)."""
     views = {}
@@ -120,7 +137,7 @@ def write_study(study: Study, out_dir: str | os.PathLike, force: bool = False, k
                 if not view.is_sax:
                     stacked = stacked[:, :, None, :]
                 (tmp / f"{name}_labels.nii.gz").write_bytes(nifti_bytes(stacked, view.affine, dtype=np.uint8))
-        write_text_atomic(tmp / STUDY_JSON, json.dumps(content, indent=2) + "\n")
+        write_text_atomic(tmp / STUDY_JSON, _dumps(content))
     return out_dir
 
 

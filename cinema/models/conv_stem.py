@@ -149,9 +149,15 @@ class MultiScaleFusion(nn.Module):
 
 
 def check_images(
-    images: Mapping[str, torch.Tensor], stems: Mapping[str, DownsampleEncoder], model_name: str
+    images: Mapping[str, torch.Tensor],
+    stems: Mapping[str, DownsampleEncoder],
+    model_name: str,
+    size_multiple: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[list[str], int]:
-    """Validate a {view: (B, C, *spatial)} input against a model's stems; returns the views (input order) and B."""
+    """Validate a {view: (B, C, *spatial)} input against a model's stems; returns the views (input order) and B.
+
+    The spatial size must be a multiple of the token size, or of ``size_multiple[view]`` when the model needs more.
+    """
     if not isinstance(images, Mapping) or len(images) == 0:
         raise ValueError(f"{model_name} expects a non-empty dict {{view: tensor}}, got {type(images).__name__}")
     batch = None
@@ -166,9 +172,11 @@ def check_images(
         if image.shape[1] != stem.in_chans:
             raise ValueError(f"{view}: expected {stem.in_chans} input channel(s), got {image.shape[1]}")
         spatial = tuple(image.shape[2:])
-        if any(s % t or s == 0 for s, t in zip(spatial, stem.token_size, strict=True)):
+        multiple = tuple(size_multiple[view]) if size_multiple else stem.token_size
+        what = "token size" if multiple == stem.token_size else "model's coarsest level"
+        if any(s % t or s == 0 for s, t in zip(spatial, multiple, strict=True)):
             raise ValueError(
-                f"{view}: spatial size {spatial} is not divisible by the token size {stem.token_size} "
+                f"{view}: spatial size {spatial} is not divisible by the {what} {multiple} "
                 f"(the model expects {stem.image_size})"
             )
         if batch is None:

@@ -179,6 +179,14 @@ class ConvUNetR(nn.Module):
             self.dec_conv_blocks_dict[view] = nn.ModuleList(adapters)
             self.decoder_dict[view] = UpsampleDecoder(n, dec_chans, dec_patch_size[:n], dec_scale_factor[:n])
             self.pred_head_dict[view] = conv(dec_chans[0], out_chans, kernel_size=1)
+        # inputs must divide down to the coarsest decoder level (token grid / dec_scale_factor^n_down) exactly
+        self.size_multiple = {
+            v: tuple(
+                t * f**n_down
+                for t, f in zip(self.enc_down_dict[v].token_size, dec_scale_factor[: view_n_dims(v)], strict=True)
+            )
+            for v in self.views
+        }
         self.apply(init_weights)
         set_grad_ckpt(self, grad_ckpt)
 
@@ -214,7 +222,7 @@ class ConvUNetR(nn.Module):
 
     def forward(self, images: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{view: (B, C, *spatial)} → {view: logits (B, out_chans, *spatial)}."""
-        views, batch = check_images(images, self.enc_down_dict, "ConvUNetR")
+        views, batch = check_images(images, self.enc_down_dict, "ConvUNetR", self.size_multiple)
         skips, tokens, grids = {}, [], {}
         for view in views:
             skips[view], x = self.enc_down_dict[view](images[view])

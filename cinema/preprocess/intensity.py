@@ -77,8 +77,9 @@ def normalise_intensity(
             raise ValueError(f"valid mask shape {valid.shape} does not match the spatial shape {spatial_shape}")
     values = image.astype(np.float32, copy=False)
     if scope == "cine" or image.ndim == n_spatial:
-        full_valid = None if valid is None else np.broadcast_to(valid.reshape(valid.shape + (1,) * (image.ndim - n_spatial)), image.shape)
-        return _scale_to_unit(values, full_valid, lower_percentile, upper_percentile)
+        if valid is not None:
+            valid = np.broadcast_to(valid.reshape(valid.shape + (1,) * (image.ndim - n_spatial)), image.shape)
+        return _scale_to_unit(values, valid, lower_percentile, upper_percentile)
     frames = values.reshape(*spatial_shape, -1)
     out = np.empty(frames.shape, dtype=np.float32)
     for t in range(frames.shape[-1]):

@@ -240,23 +240,30 @@ def augment_view(
 
 
 def crop_or_pad(
-    array: np.ndarray, size: Sequence[int], rng: np.random.Generator | None = None
+    array: np.ndarray,
+    size: Sequence[int],
+    rng: np.random.Generator | None = None,
+    starts: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Crop the trailing ``len(size)`` axes to ``size`` (random start when ``rng`` is given, else the start corner)
-    and zero-pad at the end where they are smaller, as the reference's RandSpatialCrop + SpatialPad(method="end").
+    """Crop the trailing ``len(size)`` axes to ``size`` and zero-pad them at the end where they are smaller, as the
+    reference's RandSpatialCrop + SpatialPad(method="end").
+
+    The crop starts at ``starts`` when given (to cut a label exactly like its image), else at a random place drawn
+    from ``rng``, else at the start corner.
 
     Returns:
         (array, start offsets of the crop).
     """
     lead = array.ndim - len(size)
-    starts = []
+    if starts is None:
+        starts = [
+            int(rng.integers(0, extent - target + 1)) if (rng is not None and extent > target) else 0
+            for extent, target in zip(array.shape[lead:], size, strict=True)
+        ]
     slices: list[slice] = [slice(None)] * lead
-    for extent, target in zip(array.shape[lead:], size, strict=True):
-        start = int(rng.integers(0, extent - target + 1)) if (rng is not None and extent > target) else 0
-        starts.append(start)
-        slices.append(slice(start, start + target))
+    slices += [slice(start, start + target) for start, target in zip(starts, size, strict=True)]
     cropped = array[tuple(slices)]
     pad = [(0, 0)] * lead + [(0, max(0, t - e)) for e, t in zip(cropped.shape[lead:], size, strict=True)]
     if any(p[1] for p in pad):
         cropped = np.pad(cropped, pad)
-    return np.ascontiguousarray(cropped), tuple(starts)
+    return np.ascontiguousarray(cropped), tuple(int(s) for s in starts)

@@ -106,7 +106,9 @@ class DataConfig:
     event_column: str | None = None
     landmark_columns: list[str] | None = None  # x1, y1, x2, y2, x3, y3 in voxel indices of the view's image
     heatmap_sigma: float = 3.0
-    cache: bool = True  # keep preprocessed studies in memory (they are read once either way)
+    crop_center: str = "heart"  # in-plane crop centre: "heart" (label-free localisation) or "image"
+    z_spacing: str = "auto"  # SAX slices: "auto" (10 mm unless thinner slices would merge), "native", "fixed"
+    intensity: str = "frame"  # percentile scaling per "frame" (reference) or over the whole "cine"
 
 
 @dataclass
@@ -202,6 +204,9 @@ class UNetConfig:
     dropout: float = 0.1
     patch_size: list[int] = field(default_factory=lambda: [2, 2, 1])
     scale_factor: list[int] = field(default_factory=lambda: [2, 2, 1])
+    n_blocks: int = 2
+    norm: str = "instance"
+    kernel_size: int = 3
 
 
 @dataclass
@@ -315,6 +320,7 @@ class FinetuneConfig:
         if self.model.name == "unet":
             # The 2-D U-Net of SAX slices keeps the in-plane factors only.
             dims = self.spatial_dims(self.views[0])
+            model["unet"]["n_dims"] = dims
             model["unet"]["patch_size"] = model["unet"]["patch_size"][:dims]
             model["unet"]["scale_factor"] = model["unet"]["scale_factor"][:dims]
         return {"task": self.task, "grad_ckpt": self.model.grad_ckpt, "data": data, "model": model}
@@ -523,6 +529,10 @@ def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of ind
     if data.slice_2d:
         _check(task == "segmentation" and model.views == ["sax"], "data.slice_2d is for SAX segmentation only")
         _check(model.name == "unet", "data.slice_2d needs model.name unet (CineMA's SAX encoder is 3-D)")
+    _check(data.crop_center in ("heart", "image"), "config key 'data.crop_center' must be heart or image")
+    _check(data.z_spacing in ("auto", "native", "fixed"), "config key 'data.z_spacing' must be auto, native or fixed")
+    _check(data.intensity in ("frame", "cine"), "config key 'data.intensity' must be frame or cine")
+    _check(data.sax.in_chans == 1 and data.lax.in_chans == 1, "in_chans must be 1: one channel per cine frame")
     _check(0.0 < data.proportion <= 1.0, "config key 'data.proportion' must be in (0, 1]")
     _check(0.0 <= data.val_fraction < 1.0, "config key 'data.val_fraction' must be in [0, 1)")
     _check(data.max_subjects == -1 or data.max_subjects > 0, "config key 'data.max_subjects' must be -1 or > 0")
@@ -558,6 +568,10 @@ def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of ind
     _check(
         model.init == "scratch" or model.weights is not None,
         f"config key 'model.weights' is required when model.init is {model.init!r}",
+    )
+    _check(
+        model.init != "pretrained" or model.name in ("convunetr", "convvit"),
+        f"config key 'model.init': a CineMA MAE encoder cannot initialise {model.name}; use scratch or finetuned",
     )
     _check(
         not model.freeze_pretrained or model.init != "scratch",
