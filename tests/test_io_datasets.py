@@ -98,6 +98,20 @@ def test_acdc_with_4d_cine(tmp_path):
     assert sorted(study.sax.labels) == [1, 4] and study.sax.labels[1].max() == 2 and study.sax.labels[4].max() == 1
 
 
+def test_label_on_another_grid_is_rejected(tmp_path):
+    folder = tmp_path / "patient201"
+    affine = np.diag([1.5, 1.5, 10.0, 1.0])
+    shifted = affine.copy()
+    shifted[:3, 3] = [3.0, 0.0, 0.0]
+    for frame in (1, 3):
+        write_nifti(np.ones((6, 5, 3), np.int16), affine, folder / f"patient201_frame{frame:02d}.nii.gz")
+        label_affine = shifted if frame == 3 else affine
+        write_label_nifti(np.ones((6, 5, 3)), label_affine, folder / f"patient201_frame{frame:02d}_gt.nii.gz")
+    (folder / "Info.cfg").write_text("ED: 1\nES: 3\nGroup: NOR\nHeight: 170\nNbFrame: 4\nWeight: 70\n")
+    with pytest.raises(ValueError, match="patient201_frame03_gt.nii.gz: label geometry differs"):
+        read_study(folder)
+
+
 def test_acdc_bad_info_cfg(tmp_path):
     folder = tmp_path / "patient300"
     folder.mkdir()

@@ -96,9 +96,7 @@ def test_unet_state_dict_layout_matches_reference() -> None:
     assert shapes["out_conv.weight"] == (4, 32, 1, 1, 1)
 
 
-@pytest.mark.parametrize(
-    ("view", "n_classes", "expected"), [("sax", 5, 46_187_269), ("lax_4c", 6, 23_517_190)]
-)
+@pytest.mark.parametrize(("view", "n_classes", "expected"), [("sax", 5, 46_187_269), ("lax_4c", 6, 23_517_190)])
 def test_resnet50_parameter_count_matches_reference(view: str, n_classes: int, expected: int) -> None:
     config = _with(
         CLS_CONFIG,
@@ -248,6 +246,11 @@ def test_models_built_from_arguments_carry_equivalent_configs() -> None:
     rebuilt = ResNet.from_config(yaml.safe_load(yaml.safe_dump(resnet.config)))
     assert (rebuilt.n_dims, rebuilt.in_chans, rebuilt.out_chans) == (2, 2, 6)
     rebuilt.load_state_dict(resnet.state_dict(), strict=True)
+
+    # Frames multiply the image channels, as for the published 2-frame (ED, ES) baselines.
+    config = resnet_config(view="sax", in_chans=1, n_frames=2, out_chans=5, depth=10, layer_inplanes=(4, 4, 8, 8))
+    resnet = ResNet.from_config(config)
+    assert (resnet.n_dims, resnet.in_chans, resnet.out_chans, resnet.config) == (3, 2, 5, config)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

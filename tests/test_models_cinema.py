@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from cinema.models.checkpoint import build_model, load_model, load_pretrained_encoder, save_model
-from cinema.models.conv import ConvResBlock, set_grad_ckpt
+from cinema.models.conv import ConvResBlock, depthwise_conv, set_grad_ckpt
 from cinema.models.convunetr import ConvUNetR
 from cinema.models.convvit import ConvViT
 from cinema.models.mae import CineMA, random_token_mask
@@ -366,3 +366,21 @@ def test_bf16_autocast_runs_and_stays_close() -> None:
             bf16 = model(images)
     assert torch.isfinite(bf16).all()
     assert (bf16.float() - fp32).abs().max() < 0.05 * fp32.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("spatial", [(12, 10, 6), (12, 10)])
+def test_fast_depthwise_backward_matches_autograd(spatial: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv3d if len(spatial) == 3 else torch.nn.Conv2d)(6, 6, 5, padding="same", groups=6)
+    x = torch.randn(2, 6, *spatial, requires_grad=True)
+    weight_out = torch.randn(2, 6, *spatial)
+    (conv(x) * weight_out).sum().backward()
+    expected = [x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()]
+    x.grad = conv.weight.grad = conv.bias.grad = None
+    out = depthwise_conv(x, conv)
+    assert torch.allclose(out, conv(x), atol=1e-5)
+    (out * weight_out).sum().backward()
+    for got, want in zip([x.grad, conv.weight.grad, conv.bias.grad], expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # output follows the input dtype under autocast
+        assert depthwise_conv(x.bfloat16(), conv).dtype == torch.bfloat16

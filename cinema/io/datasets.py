@@ -126,7 +126,7 @@ def read_acdc_patient(folder: str | os.PathLike) -> Study:
     labels = {}
     for frame, (_, label_path) in frames.items():
         if label_path is not None and frame in position:
-            labels[position[frame]] = read_label_nifti(label_path, image.shape[:3])
+            labels[position[frame]] = read_label_nifti(label_path, image.shape[:3], affine)
     view = CineView(
         image=image, affine=affine, labels=labels, frame_indices=frame_indices, source=str(folder), name=SAX
     )
@@ -199,7 +199,7 @@ def read_mnms_subject(
     labels = {}
     label_path = folder / f"{subject}_sa_gt.nii.gz"
     if label_path.is_file():
-        stacked = read_label_nifti(label_path, view.spatial_shape)
+        stacked = read_label_nifti(label_path, view.spatial_shape, view.affine)
         if stacked.ndim == 3:
             stacked = stacked[..., None]
         if stacked.shape[-1] != view.n_frames:
@@ -242,7 +242,7 @@ def _read_mnms2_view(folder: Path, subject: str, prefix: str, name: str) -> tupl
     for phase, (path, _) in phases.items():
         label_path = path.with_name(path.name.replace(".nii.gz", "_gt.nii.gz"))
         if label_path.is_file():
-            label = read_label_nifti(label_path, view.spatial_shape)
+            label = read_label_nifti(label_path, view.spatial_shape, view.affine)
             label = label.reshape(view.spatial_shape)
             labels[index[phase]] = _remap_mnms_labels(label, label_path)
     result = CineView(
@@ -335,7 +335,7 @@ def read_manifest_row(row: dict[str, str], base_dir: str | os.PathLike, where: s
         labels = dict(view.labels)
         if row.get(f"{name}_label"):
             path = _resolve(base, row[f"{name}_label"])
-            stacked = read_label_nifti(path, view.spatial_shape)
+            stacked = read_label_nifti(path, view.spatial_shape, view.affine)
             if stacked.ndim == len(view.spatial_shape):
                 stacked = stacked[..., None]
             if stacked.shape[-1] != view.n_frames:
@@ -346,7 +346,7 @@ def read_manifest_row(row: dict[str, str], base_dir: str | os.PathLike, where: s
                 path = _resolve(base, row[f"{name}_label_{phase}"])
                 if frame is None:
                     raise ValueError(f"{path}: {phase.upper()} label given but the row has no {phase}_frame")
-                labels[frame] = read_label_nifti(path, view.spatial_shape).reshape(view.spatial_shape)
+                labels[frame] = read_label_nifti(path, view.spatial_shape, view.affine).reshape(view.spatial_shape)
         views[name] = CineView(
             image=view.image,
             affine=view.affine,

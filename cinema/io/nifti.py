@@ -121,13 +121,21 @@ def read_nifti_cine(path: str | os.PathLike, view: str | None = None) -> CineVie
     )
 
 
-def read_label_nifti(path: str | os.PathLike, spatial_shape: tuple[int, ...] | None = None) -> np.ndarray:
+def read_label_nifti(
+    path: str | os.PathLike, spatial_shape: tuple[int, ...] | None = None, affine: np.ndarray | None = None
+) -> np.ndarray:
     """Read an integer label map as uint8, squeezing a single-slice third axis when `spatial_shape` is 2-D.
 
-    The result keeps any time axis; `spatial_shape`, when given, must match the leading axes.
+    The result keeps any time axis; `spatial_shape` and `affine`, when given, must match the image's: a label map on
+    another grid of the same shape (flipped, shifted) would otherwise be paired with the wrong voxels silently.
     """
     path = Path(path)
-    data, _, _ = load_nifti(path)
+    data, label_affine, _ = load_nifti(path)
+    if affine is not None and not np.allclose(label_affine, affine, atol=1e-3):
+        raise ValueError(
+            f"{path}: label geometry differs from the image's (label affine {label_affine.round(3).tolist()}, "
+            f"image affine {np.asarray(affine).round(3).tolist()})"
+        )
     if not np.isfinite(data).all() or (data < 0).any() or (data > 255).any() or (data % 1 != 0).any():
         raise ValueError(f"{path}: label map must hold integers in [0, 255]")
     if spatial_shape is not None and len(spatial_shape) == 2 and data.ndim >= 3 and data.shape[2] == 1:

@@ -169,7 +169,7 @@ def read_study_folder(folder: str | os.PathLike) -> Study:
         labels = {}
         if entry.get("labels_file"):
             label_path = folder / str(entry["labels_file"])
-            stacked = read_label_nifti(label_path, view.spatial_shape)
+            stacked = read_label_nifti(label_path, view.spatial_shape, view.affine)
             frames = [int(f) for f in entry.get("labelled_frames", [])]
             if stacked.ndim == len(view.spatial_shape):
                 stacked = stacked[..., None]

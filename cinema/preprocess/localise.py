@@ -42,12 +42,14 @@ class HeartLocation:
         center_index: the same point as a continuous voxel index (3,) of the input grid.
         confidence: motion density in the chosen window relative to the image mean (about 1 for no signal).
         fallback: True when the signal was too weak and the image centre was returned instead.
+        method: "motion", "lax_planes" or "image_centre" — what the centre came from.
     """
 
     center_mm: np.ndarray
     center_index: np.ndarray
     confidence: float
     fallback: bool
+    method: str = "motion"
 
 
 def _as_cine(cine: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -131,8 +133,13 @@ def locate_heart(
                 center_index = np.array([peak[0], peak[1], z], dtype=np.float64)
 
     fallback = confidence < min_confidence
-    center_mm = affine[:3, :3] @ center_index + affine[:3, 3]
-    return HeartLocation(center_mm=center_mm, center_index=center_index, confidence=confidence, fallback=fallback)
+    return HeartLocation(
+        center_mm=affine[:3, :3] @ center_index + affine[:3, 3],
+        center_index=center_index,
+        confidence=confidence,
+        fallback=fallback,
+        method="image_centre" if fallback else "motion",
+    )
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

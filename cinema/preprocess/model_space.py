@@ -223,7 +223,11 @@ def model_space_transform(
     for native, target in zip(native_spacing, target_spacing, strict=True):
         ratio = target / native
         scale.append(1.0 if abs(ratio - 1.0) < _SAME_SPACING_RTOL else ratio)
-    resampled_shape = [max(1, int(round(n / r))) for n, r in zip(native_shape, scale, strict=True)]
+    # Sizes computed as the reference does (round(n * s / t), numpy's half-to-even rounding).
+    resampled_shape = [
+        n if r == 1.0 else max(1, int(np.round(n * s / t)))
+        for n, r, s, t in zip(native_shape, scale, native_spacing, target_spacing, strict=True)
+    ]
 
     if center_mm is None:
         center_index = (np.asarray(native_shape, dtype=np.float64) - 1.0) / 2.0
@@ -241,7 +245,8 @@ def model_space_transform(
             window = in_plane_shape[axis]
             if size > window:
                 center_resampled = (center_index[axis] + 0.5) / scale[axis] - 0.5
-                start = int(np.floor(center_resampled - (window - 1) / 2.0 + 0.5))
+                # ceil(c - window / 2) breaks ties like the reference's label-box crop
+                start = int(np.ceil(center_resampled - window / 2.0))
                 start = min(max(start, 0), size - window)
             else:
                 start = 0  # keep everything, pad at the end like the reference's SpatialPadd

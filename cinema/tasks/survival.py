@@ -42,6 +42,6 @@ class SurvivalTask(Task):
             events.append(batch["event"].float())
         risk, time, event = torch.cat(risks).cpu(), torch.cat(times).cpu(), torch.cat(events).cpu()
         return {
-            "c_index": concordance_index(time.numpy(), event.numpy(), risk.numpy()),
+            "c_index": float(concordance_index(time.numpy(), event.numpy(), risk.numpy())),
             "cox_loss": float(cox_partial_likelihood_loss(risk, time, event)),
         }

@@ -168,7 +168,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast
     device: str = "auto"  # auto, cpu, cuda, cuda:1, ...
     n_workers: int = 0
-    checkpoint_interval: int = 1  # epochs between resumable checkpoints (also written at every validation)
+    checkpoint_interval: int | None = None  # extra resumable checkpoints every N epochs; always at validations
     progress_bar: bool = True
     tensorboard: bool = False  # only if the tensorboard package is installed
 
@@ -593,7 +593,10 @@ def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of ind
     _check(len(train.betas) == 2, "config key 'train.betas' needs two values")
     _check(0.0 <= train.label_smoothing < 1.0, "config key 'train.label_smoothing' must be in [0, 1)")
     _check(train.eval_interval >= 1, "config key 'train.eval_interval' must be >= 1")
-    _check(train.checkpoint_interval >= 1, "config key 'train.checkpoint_interval' must be >= 1")
+    _check(
+        train.checkpoint_interval is None or train.checkpoint_interval >= 1,
+        "config key 'train.checkpoint_interval' must be >= 1",
+    )
     _check(train.n_workers >= 0, "config key 'train.n_workers' must be >= 0")
     _check(train.early_stopping.patience >= 1, "config key 'train.early_stopping.patience' must be >= 1")
     _check(

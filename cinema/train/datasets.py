@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 
 from cinema.io.study import CineView, Study
 from cinema.train.augment import crop_or_pad
-from cinema.train.config import N_LANDMARKS, FinetuneConfig, resolve_path
+from cinema.train.config import FinetuneConfig, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -222,16 +222,22 @@ def split_entries(entries: list[Entry], config: FinetuneConfig) -> tuple[list[En
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _heart_center(view: CineView) -> np.ndarray | None:
-    try:
-        from cinema.preprocess import locate_heart
-    except ImportError:  # the localiser is optional: without it the crop is centred on the image
+def _crop_center(study: Study, view_name: str, config: FinetuneConfig) -> np.ndarray | None:
+    """World point of the in-plane crop centre: the label-free heart location for SAX, else the image centre."""
+    if view_name != "sax" or config.data.crop_center != "heart":
         return None
-    return np.asarray(locate_heart(view.image, view.affine), dtype=np.float64)
+    from cinema.preprocess import locate_study_heart
+
+    return np.asarray(locate_study_heart(study, view_name).center_mm, dtype=np.float64)
 
 
 def _to_model_space(
-    view_name: str, view: CineView, frames: list[int], config: FinetuneConfig, labels: bool
+    view_name: str,
+    view: CineView,
+    frames: list[int],
+    config: FinetuneConfig,
+    labels: bool,
+    center: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """(F, *spatial) model-space images (and labels) of the given frames, plus the transform."""
     from cinema.preprocess.model_space import resample_to_model, to_model_space
@@ -240,7 +246,6 @@ def _to_model_space(
     kind = "sax" if view_name == "sax" else "lax"
     geometry = config.view_data(view_name)
     z_spacing: Any = {"auto": "auto", "native": "native", "fixed": float(data.sax.spacing[-1])}[data.z_spacing]
-    center = _heart_center(view) if (kind == "sax" and data.crop_center == "heart") else None
     images, transform = to_model_space(
         view.image[..., frames],
         view.affine,
@@ -333,7 +338,8 @@ def prepare_subject(entry: Entry, config: FinetuneConfig) -> Subject:
                         f"{where}: {name} labels of frame {frame} hold {bad.tolist()}, outside the "
                         f"{config.out_chans} classes 0..{config.out_chans - 1} (model.out_chans)"
                     )
-        images, labels, transform = _to_model_space(name, view, frames, config, labels=segmentation)
+        center = _crop_center(study, name, config)
+        images, labels, transform = _to_model_space(name, view, frames, config, segmentation, center)
         subject.images[name] = images
         if labels is not None:
             subject.labels[name] = labels
@@ -349,13 +355,20 @@ def prepare_subject(entry: Entry, config: FinetuneConfig) -> Subject:
         subject.time = _number(meta, config.data.time_column, where, "survival time")
         subject.event = _number(meta, config.data.event_column, where, "event indicator")
         if subject.time < 0 or subject.event not in (0.0, 1.0):
-            raise ValueError(f"{where}: survival time must be >= 0 and event 0 or 1, got {subject.time}, {subject.event}")
+            raise ValueError(
+                f"{where}: survival time must be >= 0 and event 0 or 1, got {subject.time}, {subject.event}"
+            )
     return subject
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 31-bit seed from integers (seed, epoch, stream), stable across platforms."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class EpochSampler(Sampler):
@@ -375,8 +388,6 @@ class EpochSampler(Sampler):
         return self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        from cinema.train.trainer import derive_seed
-
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2))
         order = torch.randperm(self.n, generator=generator).tolist()
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator).tolist()
@@ -481,7 +492,8 @@ class ValDataset(_SubjectDataset):
             image = subject.images[view][frames]
             patch = self.config.patch_size(view)
             # a 2-D network sees SAX slices: pad in-plane only and keep every slice
-            target = [max(e, p) for e, p in zip(image.shape[1:], patch, strict=False)] + list(image.shape[1 + len(patch) :])
+            extent = image.shape[1:]
+            target = [max(e, p) for e, p in zip(extent, patch, strict=False)] + list(extent[len(patch) :])
             sample["image"][view] = torch.from_numpy(crop_or_pad(image, target)[0])
             sample["size"][view] = torch.tensor(image.shape[1:])
             if view in subject.labels:

@@ -7,10 +7,11 @@ augmentation; validation every ``eval_interval`` epochs with early stopping; an 
 selected model in the official format (``<output_dir>/model``: config.yaml + model.safetensors, loadable with
 `cinema.load_model`).
 
-Exact resume: every random stream is re-seeded at the start of each epoch from (seed, epoch) — the sample order and
-per-sample crops (`EpochSampler`), the batch augmentation generator and torch's global generator (dropout, drop
-path). A checkpoint taken after epoch e therefore restarts epoch e + 1 exactly as the uninterrupted run would
-(bit-identical in fp32 on the CPU), with the optimiser state, step count and early-stopping state restored.
+Reproducible and exactly resumable: the initial weights come from ``seed``, and every random stream is re-seeded at
+the start of each epoch from (seed, epoch) — the sample order and per-sample crops (`EpochSampler`), the batch
+augmentation generator and torch's global generator (dropout, drop path). A checkpoint taken after epoch e therefore
+restarts epoch e + 1 exactly as the uninterrupted run would (bit-identical in fp32 on the CPU), with the optimiser
+state, step count and early-stopping state restored.
 
 Output folder::
 
@@ -42,6 +43,7 @@ from tqdm.auto import tqdm
 from cinema.tasks import make_task
 from cinema.tasks.base import autocast_context, to_device
 from cinema.train.config import FinetuneConfig, resolve_path, save_config
+from cinema.train.datasets import build_datasets, derive_seed
 from cinema.train.optim import EarlyStopping, lr_at, param_groups
 from cinema.train.runlog import CsvLog, TensorBoard
 
@@ -51,11 +53,6 @@ CHECKPOINT = "checkpoint.pt"
 MODEL_DIR = "model"
 # Config keys that may change between an interrupted run and its resume without changing the numbers.
 _RESUME_FREE_KEYS = {"train.progress_bar", "train.tensorboard", "train.n_workers", "train.device"}
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 31-bit seed from integers (seed, epoch, stream), stable across platforms."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,8 +119,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from cinema.train.datasets import build_datasets
-
         cfg = self.config
         checkpoint = self.output_dir / CHECKPOINT
         if checkpoint.exists() and not self.resume:
@@ -143,6 +138,7 @@ class Trainer:
 
         self.train_set, self.val_set = build_datasets(cfg)
         self._plan_batches(len(self.train_set))
+        torch.manual_seed(derive_seed(cfg.seed, 0, 3))  # the initial weights are a function of the seed
         self.model = self._build_model().to(self.device)
         groups = param_groups(
             self.model,
@@ -152,6 +148,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas))
         self.global_step = 0
         self.start_epoch = 0
+        self.stopped = False
         if self.resume:
             self._load_checkpoint(checkpoint)
         self._ready = True
@@ -193,7 +190,9 @@ class Trainer:
         while batch_size > n_samples:
             batch_size //= 2
         if batch_size != train.batch_size:
-            logger.warning("only %d training samples: batch size %d instead of %d", n_samples, batch_size, train.batch_size)
+            logger.warning(
+                "only %d training samples: batch size %d instead of %d", n_samples, batch_size, train.batch_size
+            )
         per_device = min(per_device, batch_size)
         while batch_size % per_device:
             per_device -= 1
@@ -240,10 +239,12 @@ class Trainer:
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.start_epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
+        self.stopped = bool(state["stopped"])
         logger.info("resumed %s at epoch %d (step %d)", path, self.start_epoch, self.global_step)
 
-    def _save_checkpoint(self, next_epoch: int) -> None:
+    def _save_checkpoint(self, next_epoch: int, stopped: bool = False) -> None:
         state = {
+            "stopped": stopped,
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -284,9 +285,14 @@ class Trainer:
         val_loader = self._loader(self.val_set, train=False) if self.val_set else None
         tensorboard = TensorBoard(self.output_dir / "tensorboard", cfg.train.tensorboard)
         result = FitResult(self.output_dir, self.start_epoch, self.global_step, False, None, -1, self.metric)
-        last_epoch = cfg.train.n_epochs if max_epochs is None else min(cfg.train.n_epochs, self.start_epoch + max_epochs)
+        last_epoch = cfg.train.n_epochs
+        if max_epochs is not None:
+            last_epoch = min(last_epoch, self.start_epoch + max_epochs)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         saved_model = (self.output_dir / MODEL_DIR).exists()
+        if self.stopped:  # resuming a run that early stopping ended: nothing left to do
+            last_epoch = self.start_epoch
+            result.stopped_early = True
         for epoch in range(self.start_epoch, last_epoch):
             started = time.perf_counter()
             torch.manual_seed(derive_seed(cfg.seed, epoch, 0))
@@ -348,7 +354,9 @@ class Trainer:
             result.epochs_completed = epoch + 1
             result.global_step = self.global_step
 
-            evaluate = val_loader is not None and ((epoch + 1) % cfg.train.eval_interval == 0 or epoch + 1 == last_epoch)
+            # not at a max_epochs split point: an extra evaluation would change early stopping, hence the run
+            due = (epoch + 1) % cfg.train.eval_interval == 0 or epoch + 1 == cfg.train.n_epochs
+            evaluate = val_loader is not None and due
             if evaluate:
                 metrics = self.validate(val_loader, autocast)
                 self.val_log.write({"epoch": epoch + 1, "step": self.global_step, **metrics})
@@ -368,12 +376,13 @@ class Trainer:
                     time.perf_counter() - started,
                 )
             stop = evaluate and self.early_stopping.should_stop
-            if evaluate or stop or (epoch + 1) % cfg.train.checkpoint_interval == 0 or epoch + 1 == last_epoch:
-                self._save_checkpoint(epoch + 1)
+            interval = cfg.train.checkpoint_interval
+            if evaluate or epoch + 1 == last_epoch or (interval is not None and (epoch + 1) % interval == 0):
+                self._save_checkpoint(epoch + 1, stopped=stop)
             if stop:
-                logger.info("early stopping after epoch %d: no %s improvement in %d evaluations",
-                            epoch + 1, self.metric, self.early_stopping.patience)  # fmt: skip
-                result.stopped_early = True
+                message = "early stopping after epoch %d: no %s improvement in %d evaluations"
+                logger.info(message, epoch + 1, self.metric, self.early_stopping.patience)
+                result.stopped_early = self.stopped = True
                 break
         if val_loader is None and result.epochs_completed == cfg.train.n_epochs:
             self._save_model()  # without validation the selected model is the last one

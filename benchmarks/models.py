@@ -1,0 +1,130 @@
+"""CPU speed of the base CineMA models: ConvUNetR-SAX inference and one MAE 4-view training step.
+
+    python benchmarks/models.py                  # all cases, fp32 and bf16 autocast
+    python benchmarks/models.py --repeats 5 --threads 2 --cases convunetr_sax --precisions bf16
+
+Each case runs in its own subprocess so its peak RSS is its own. Reported: median wall time of ``--repeats`` runs
+after one warm-up, process CPU time of the timed runs, peak RSS. Random weights (speed does not depend on them).
+Reference implementation on the project's 2-core CPU, fp32 (docs/cinema-reference.md §7): ConvUNetR SAX inference
+B=1 ≈ 6.1 s (peak RSS 1.9 GB); MAE training step B=1 ≈ 9.8 s (peak RSS 3.7 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = ("convunetr_sax", "mae_train")
+REFERENCE_S = {"convunetr_sax": 6.1, "mae_train": 9.8}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _run_case(case: str, precision: str, repeats: int, threads: int, channels_last: bool) -> dict:
+    import torch
+
+    from cinema.models.convunetr import ConvUNetR
+    from cinema.models.mae import CineMA
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    if case == "convunetr_sax":
+        model = ConvUNetR({"sax": (192, 192, 16)}, out_chans=4, size="base").eval()
+        image = torch.rand(1, 1, 192, 192, 16)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+            image = image.to(memory_format=torch.channels_last_3d)
+
+        def step() -> None:
+            with torch.inference_mode(), autocast():
+                model({"sax": image})
+
+    else:
+        views = {"sax": (192, 192, 16), "lax_2c": (256, 256), "lax_3c": (256, 256), "lax_4c": (256, 256)}
+        model = CineMA(views, size="base").train()
+        images = {v: torch.rand(1, 1, *s) for v, s in views.items()}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+
+        def step() -> None:
+            with autocast():
+                loss = model(images, mask_ratio=0.75)[0]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: one-off kernel selection and allocations
+    walls, cpu0 = [], time.process_time()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        walls.append(time.perf_counter() - start)
+    cpu = (time.process_time() - cpu0) / repeats
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "case": case,
+        "precision": precision,
+        "channels_last": channels_last,
+        "median_s": statistics.median(walls),
+        "min_s": min(walls),
+        "cpu_s_per_run": cpu,
+        "peak_rss_mb": peak_mb,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--channels-last", action="store_true", help="ConvUNetR in channels_last_3d memory format")
+    parser.add_argument("--one", nargs=2, metavar=("CASE", "PRECISION"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:  # child process: one case, result as JSON on the last line
+        print(json.dumps(_run_case(args.one[0], args.one[1], args.repeats, args.threads, args.channels_last)))
+        return 0
+
+    import torch
+
+    print(f"CPU: {_cpu_name()} ({os.cpu_count()} logical CPUs), torch threads: {args.threads}")
+    print(f"torch {torch.__version__}, python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'case':15s} {'precision':9s} {'median s':>9s} {'min s':>7s} {'cpu s':>7s} {'peak RSS':>9s} {'vs ref':>7s}")
+    for case in args.cases:
+        for precision in args.precisions:
+            cmd = [sys.executable, __file__, "--one", case, precision, "--repeats", str(args.repeats)]
+            cmd += ["--threads", str(args.threads)] + (["--channels-last"] if args.channels_last else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                print(f"{case} {precision}: failed\n{proc.stderr[-2000:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            ratio = REFERENCE_S[case] / r["median_s"]
+            print(
+                f"{case:15s} {precision:9s} {r['median_s']:9.2f} {r['min_s']:7.2f} {r['cpu_s_per_run']:7.2f} "
+                f"{r['peak_rss_mb']:7.0f}MB {ratio:6.2f}x"
+            )
+    print(f"load average after: {os.getloadavg()[0]:.1f} (others' work on a shared machine inflates wall times)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
