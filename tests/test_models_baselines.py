@@ -253,6 +253,21 @@ def test_models_built_from_arguments_carry_equivalent_configs() -> None:
     assert (resnet.n_dims, resnet.in_chans, resnet.out_chans, resnet.config) == (3, 2, 5, config)
 
 
+def test_save_and_load_model_round_trip(tmp_path) -> None:
+    from cinema.models.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    unet = UNet.from_config(_with(SEG_CONFIG, **{"model.views": "lax_4c", "model.unet.chans": [4, 8]}))
+    resnet = ResNet.from_config(_with(CLS_CONFIG, **{"model.resnet": {"depth": 10, "layer_inplanes": [4, 4, 8, 8]}}))
+    resnet(torch.rand(2, 2, 16, 16, 4))  # a training step moves the BatchNorm running statistics off their init
+    for model, x in [(unet, torch.rand(1, 1, 16, 16)), (resnet, torch.rand(1, 2, 16, 16, 4))]:
+        save_model(model, tmp_path / type(model).__name__)
+        loaded = load_model(tmp_path / type(model).__name__)
+        assert type(loaded) is type(model)
+        assert loaded.config == model.config
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Training behaviour: gradient checkpointing, channels_last + bf16, overfitting a fixed real batch
 
@@ -316,14 +331,14 @@ def test_unet_overfits_real_acdc_slices(acdc_dir) -> None:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.4 * losses[0], losses
+    assert losses[-1] < 0.2 * losses[0], losses
     model.eval()
     with torch.no_grad():
         pred = model(x).argmax(1)
     # Foreground Dice on the memorised batch: the structures are learnt, not just the background.
     for label in (1, 2, 3):
         dice = 2 * ((pred == label) & (y == label)).sum() / ((pred == label).sum() + (y == label).sum())
-        assert dice > 0.5, (label, float(dice))
+        assert dice > 0.8, (label, float(dice))
 
 
 @pytest.mark.parametrize("n_dims", [2, 3])
@@ -335,10 +350,12 @@ def test_resnet_fits_a_fixed_batch(n_dims: int) -> None:
     model = ResNet(n_dims, 2, 4, depth=18, layer_inplanes=(8, 8, 16, 16))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(20):
         optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+    assert (logits.argmax(1) == y).all()

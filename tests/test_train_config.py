@@ -121,3 +121,12 @@ def test_model_config_is_the_official_format() -> None:
 
     slices = config_from_dict(minimal(data__slice_2d=True, model={"name": "unet", "views": ["sax"]})).model_config()
     assert slices["model"]["unet"]["n_dims"] == 2 and slices["data"]["sax"]["patch_size"] == [192, 192]
+
+
+@pytest.mark.parametrize("module", ["cinema.tasks", "cinema.train.trainer", "cinema.cli.finetune"])
+def test_no_import_cycle_whichever_package_comes_first(module: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

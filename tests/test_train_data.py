@@ -244,8 +244,15 @@ def test_label_geometry_must_match_the_image(acdc_dir: Path, tmp_path: Path) -> 
     root = copy_acdc(acdc_dir, tmp_path, ["patient001"])
     path = next((root / "patient001").glob("*frame01_gt.nii.gz"))
     label = nib.load(str(path))
-    nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[:-2], label.affine), str(path))
+    data = np.asarray(label.dataobj)
+    nib.save(nib.Nifti1Image(data[:-2], label.affine), str(path))
     with pytest.raises(ValueError, match=r"frame01_gt\.nii\.gz: label shape .* does not match image shape"):
+        build_datasets(config_from_dict(acdc_config(root, tmp_path)))
+    # same shape, another grid (shifted by 5 mm): caught too
+    shifted = label.affine.copy()
+    shifted[:3, 3] += 5.0
+    nib.save(nib.Nifti1Image(data, shifted), str(path))
+    with pytest.raises(ValueError, match=r"frame01_gt\.nii\.gz: label geometry differs from the image's"):
         build_datasets(config_from_dict(acdc_config(root, tmp_path)))
 
 

@@ -14,6 +14,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "example": ("cinema.cli.example", "run the built-in example (MAE reconstruction of a bundled real image)"),
     "convert": ("cinema.cli.convert", "convert a DICOM cine exam to NIfTI cines + study.json"),
+    "finetune": (
+        "cinema.cli.finetune",
+        "fine-tune a model (segmentation, classification, regression, landmarks, survival) from a YAML config",
+    ),
 }
 
 

@@ -166,7 +166,7 @@ class UNetDecoder(nn.Module):
         self.grad_ckpt = False
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
-        skips = list(skips)
+        """Consumes (empties) ``skips`` so that, without autograd, each activation is freed once it is used."""
         x = skips.pop()
         for level in self.blocks:
             for block in level.conv:

@@ -4,8 +4,9 @@ The reference crops public datasets around the ground-truth LV box, which cannot
 weakness 8.4). Here the heart is found from what makes it unique in a cine: it moves. Per voxel, the temporal standard
 deviation of the (lightly smoothed, per-frame normalised) intensity is large where blood and myocardium move through
 the cardiac cycle and small in static tissue. Averaging it over slices and finding the in-plane window of
-``box_mm`` x ``box_mm`` that holds the most motion gives the crop centre: a box sum is robust to speckle noise in
-the lungs and follows the whole beating heart (LV and RV) rather than its brightest spot. Two frames (ED and ES, as in
+``box_mm`` x ``box_mm`` that holds the most motion (lightly blurred, so that a heart smaller than the box lands in
+its middle) gives the crop centre: a box sum is robust to speckle noise in the lungs and follows the whole beating
+heart (LV and RV) rather than its brightest spot. Two frames (ED and ES, as in
 the shared ACDC copy) are enough.
 
 When the motion is not concentrated (a single frame, a static or pure-noise series) the image centre is returned and
@@ -27,8 +28,14 @@ from scipy import ndimage
 
 # Side of the in-plane window whose motion is summed: about the size of a ventricle pair, well inside the crop.
 BOX_MM = 100.0
+# The box sum is flat wherever the moving region fits inside the box; a light blur makes its maximum the middle.
+BOX_BLUR_MM = 10.0
 # Light smoothing before the temporal statistic suppresses pixel noise, which otherwise dominates in the lungs.
 PRESMOOTH_MM = 2.0
+# Frames are put on a common scale by percentiles that static tissue dominates (the blood pool, whose size changes
+# over the cycle, is a few % of voxels at most), so a filling ventricle does not rescale the whole frame.
+SCALE_PERCENTILES = (1.0, 90.0)
+SCALE_CLIP = 3.0
 # Below this concentration (motion density in the best window / mean density) the signal is treated as absent.
 MIN_CONFIDENCE = 2.0
 
@@ -78,8 +85,8 @@ def motion_map(cine: np.ndarray, spacing: Sequence[float], presmooth_mm: float =
     for t in range(cine.shape[-1]):
         frame = cine[..., t].astype(np.float32)
         # Frames can be scaled independently (ACDC stores each frame z-scored), so compare them on a common scale.
-        lo, hi = np.percentile(frame, [1.0, 99.0])
-        frames[..., t] = np.clip((frame - lo) / (hi - lo), 0.0, 1.0) if hi > lo else 0.0
+        lo, hi = np.percentile(frame, SCALE_PERCENTILES)
+        frames[..., t] = np.clip((frame - lo) / (hi - lo), 0.0, SCALE_CLIP) if hi > lo else 0.0
     if presmooth_mm > 0:
         sigma = [presmooth_mm / spacing[0], presmooth_mm / spacing[1], 0.0, 0.0]
         frames = ndimage.gaussian_filter(frames, sigma=sigma, mode="nearest")
@@ -122,6 +129,7 @@ def locate_heart(
         in_plane = np.clip(in_plane - np.median(in_plane), 0.0, None)
         box = [max(1, int(round(box_mm / spacing[0]))), max(1, int(round(box_mm / spacing[1])))]
         density = ndimage.uniform_filter(in_plane, size=box, mode="constant")
+        density = ndimage.gaussian_filter(density, sigma=[BOX_BLUR_MM / spacing[0], BOX_BLUR_MM / spacing[1]])
         mean_density = float(in_plane.mean())
         if mean_density > 0:
             peak = np.unravel_index(int(np.argmax(density)), density.shape)

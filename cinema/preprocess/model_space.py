@@ -303,9 +303,11 @@ def _resample_axis(array: np.ndarray, axis: int, coords: np.ndarray, order: int)
 def _resample(array: np.ndarray, axes_coords: list[tuple[int, np.ndarray]], order: int) -> np.ndarray:
     # Shrinking axes first keeps the intermediate arrays small.
     axes_coords = sorted(axes_coords, key=lambda item: item[1].shape[0] / array.shape[item[0]])
+    out = array
     for axis, coords in axes_coords:
-        array = _resample_axis(array, axis, coords, order)
-    return array
+        out = _resample_axis(out, axis, coords, order)
+    # An identity transform must still hand back a new array, never an alias of the caller's.
+    return out.copy() if out is array else out
 
 
 def _check_spatial(array: np.ndarray, expected: tuple[int, ...], lead: int, what: str) -> None:
@@ -418,8 +420,8 @@ def from_model_space(
         labels = model_array.astype(np.uint8)
         if label_interpolation == "nearest":
             return _resample(labels, axes, order=0)
-        channels = [labels == value for value in np.unique(labels)]
         values = np.unique(labels)
+        channels = [labels == value for value in values]
     else:
         channels = list(model_array)
         values = np.arange(len(channels))

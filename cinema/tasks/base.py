@@ -171,6 +171,29 @@ def sliding_window(
     return results
 
 
+def average_windows(
+    images: dict[str, torch.Tensor],
+    patch: dict[str, tuple[int, ...]],
+    predict: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Average dense per-window predictions back onto the full images."""
+    results = sliding_window(images, patch, predict)
+    if len(results) == 1:
+        return results[0][1]
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    for where, probs in results:
+        for view, p in probs.items():
+            if view not in sums:
+                full = (p.shape[0], p.shape[1], *images[view].shape[2:])
+                sums[view] = p.new_zeros(full)
+                counts[view] = p.new_zeros((1, 1, *images[view].shape[2:]))
+            index = (slice(None), slice(None), *where[view])
+            sums[view][index] += p
+            counts[view][index] += 1
+    return {view: sums[view] / counts[view] for view in sums}
+
+
 def _product(grids: list[list[int]]) -> list[tuple[int, ...]]:
     combos: list[tuple[int, ...]] = [()]
     for grid in grids:

@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cinema.metrics import landmark_distance_mm
-from cinema.tasks.base import Batch, Task, sliding_window, soft_dice_loss, to_device
+from cinema.tasks.base import Batch, Task, average_windows, sliding_window, soft_dice_loss, to_device
 from cinema.tasks.classification import global_forward
-from cinema.tasks.segmentation import _averaged_probs
 from cinema.train.augment import render_heatmaps
 from cinema.train.config import N_LANDMARKS, FinetuneConfig
 
@@ -105,7 +104,7 @@ class LandmarkHeatmapTask(_LandmarkTask):
 
         for batch in batches:
             batch = self.prepare_eval(to_device(batch, device))
-            probs = _averaged_probs({self.view: batch["image"][self.view]}, patch, sigmoid)[self.view]
+            probs = average_windows({self.view: batch["image"][self.view]}, patch, sigmoid)[self.view]
             pred.append(soft_argmax(probs))
             true.append(batch["points"][self.view].float())
         return self._distances(pred, true)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cinema.metrics import ACDC_CLASSES, dice_per_class
-from cinema.tasks.base import Batch, Task, sliding_window, soft_dice_loss, to_device
+from cinema.tasks.base import Batch, Task, average_windows, soft_dice_loss, to_device
 from cinema.train.config import FinetuneConfig
 
 # Validation slices of a 2-D network are predicted this many at a time.
@@ -68,7 +68,7 @@ class SegmentationTask(Task):
         if self.config.data.slice_2d:
             return {view: self._predict_slices(model, view, x, autocast) for view, x in images.items()}
         patch = {view: self.config.patch_size(view) for view in images}
-        return _averaged_probs(images, patch, lambda window: _softmax_views(model, window, autocast))
+        return average_windows(images, patch, lambda window: _softmax_views(model, window, autocast))
 
     def _predict_slices(
         self, model: nn.Module, view: str, volume: torch.Tensor, autocast: Callable[[], Any]
@@ -79,7 +79,7 @@ class SegmentationTask(Task):
         outputs = []
         for start in range(0, slices.shape[0], _SLICE_CHUNK):
             chunk = {view: slices[start : start + _SLICE_CHUNK]}
-            outputs.append(_averaged_probs(chunk, patch, lambda w: _softmax_views(model, w, autocast))[view])
+            outputs.append(average_windows(chunk, patch, lambda w: _softmax_views(model, w, autocast))[view])
         probs = torch.cat(outputs)
         return probs.reshape(batch, depth, -1, *plane).permute(0, 2, 3, 4, 1)
 
@@ -110,26 +110,3 @@ def _softmax_views(
     with autocast():
         logits = model(images)
     return {view: torch.softmax(x.float(), dim=1) for view, x in logits.items()}
-
-
-def _averaged_probs(
-    images: dict[str, torch.Tensor],
-    patch: dict[str, tuple[int, ...]],
-    predict: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
-) -> dict[str, torch.Tensor]:
-    """Average dense per-window predictions back onto the full images."""
-    results = sliding_window(images, patch, predict)
-    if len(results) == 1:
-        return results[0][1]
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    for where, probs in results:
-        for view, p in probs.items():
-            if view not in sums:
-                full = (p.shape[0], p.shape[1], *images[view].shape[2:])
-                sums[view] = p.new_zeros(full)
-                counts[view] = p.new_zeros((1, 1, *images[view].shape[2:]))
-            index = (slice(None), slice(None), *where[view])
-            sums[view][index] += p
-            counts[view][index] += 1
-    return {view: sums[view] / counts[view] for view in sums}
