@@ -37,7 +37,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _run_case(case: str, precision: str, repeats: int, threads: int, channels_last: bool) -> dict:
+def _run_case(case: str, precision: str, repeats: int, threads: int, channels_last: bool, grad_ckpt: bool) -> dict:
     import torch
 
     from cinema.models.convunetr import ConvUNetR
@@ -59,7 +59,7 @@ def _run_case(case: str, precision: str, repeats: int, threads: int, channels_la
 
     else:
         views = {"sax": (192, 192, 16), "lax_2c": (256, 256), "lax_3c": (256, 256), "lax_4c": (256, 256)}
-        model = CineMA(views, size="base").train()
+        model = CineMA(views, size="base", grad_ckpt=grad_ckpt).train()
         images = {v: torch.rand(1, 1, *s) for v, s in views.items()}
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
 
@@ -82,6 +82,7 @@ def _run_case(case: str, precision: str, repeats: int, threads: int, channels_la
         "case": case,
         "precision": precision,
         "channels_last": channels_last,
+        "grad_ckpt": grad_ckpt,
         "median_s": statistics.median(walls),
         "min_s": min(walls),
         "cpu_s_per_run": cpu,
@@ -96,11 +97,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--channels-last", action="store_true", help="ConvUNetR in channels_last_3d memory format")
+    parser.add_argument("--grad-ckpt", action="store_true", help="MAE training with per-block checkpointing")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:  # child process: one case, result as JSON on the last line
-        print(json.dumps(_run_case(args.one[0], args.one[1], args.repeats, args.threads, args.channels_last)))
+        print(
+            json.dumps(
+                _run_case(args.one[0], args.one[1], args.repeats, args.threads, args.channels_last, args.grad_ckpt)
+            )
+        )
         return 0
 
     import torch
@@ -112,6 +118,7 @@ def main() -> int:
         for precision in args.precisions:
             cmd = [sys.executable, __file__, "--one", case, precision, "--repeats", str(args.repeats)]
             cmd += ["--threads", str(args.threads)] + (["--channels-last"] if args.channels_last else [])
+            cmd += ["--grad-ckpt"] if args.grad_ckpt else []
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 print(f"{case} {precision}: failed\n{proc.stderr[-2000:]}")

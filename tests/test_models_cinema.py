@@ -215,6 +215,8 @@ def test_bad_batch_masks_and_reduce() -> None:
     images["lax_4c"] = torch.rand(2, 1, 32, 32)
     with pytest.raises(ValueError, match="mask must have shape"):
         mae(images, masks={"sax": torch.zeros(2, 5, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="without an image"):
+        mae(images, masks={"lax_2c": torch.zeros(2, 4, dtype=torch.bool)})
     with pytest.raises(ValueError, match="same number of tokens"):
         mae(images, masks={"lax_4c": torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]]).bool()})
     with pytest.raises(ValueError, match="reduce"):
@@ -384,3 +386,16 @@ def test_fast_depthwise_backward_matches_autograd(spatial: tuple[int, ...]) -> N
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # output follows the input dtype under autocast
         assert depthwise_conv(x.bfloat16(), conv).dtype == torch.bfloat16
+
+
+def test_load_model_dispatches_to_the_cnn_baselines(tmp_path: Path) -> None:
+    from cinema.models.resnet import ResNet, resnet_config
+    from cinema.models.unet import UNet, unet_config
+
+    image = torch.rand(1, 2, 32, 32)
+    for config in (unet_config(view="lax_4c", in_chans=2, out_chans=3), resnet_config(view="lax_4c", depth=10)):
+        model = build_model(config).eval()
+        loaded = load_model(save_model(model, tmp_path / config["model"]["name"]))
+        assert type(loaded) is type(model) and type(model) in (UNet, ResNet)
+        with torch.no_grad():
+            assert torch.equal(loaded(image), model(image))

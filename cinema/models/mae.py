@@ -189,6 +189,9 @@ class CineMA(nn.Module):
     def _check_masks(
         self, images: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None, mask_ratio: float
     ) -> dict[str, torch.Tensor]:
+        extra = sorted(set(masks or {}) - set(images))
+        if extra:
+            raise ValueError(f"masks given for views without an image: {extra}")
         out = {}
         for view, image in images.items():
             stem = self.enc_down_dict[view]

@@ -398,7 +398,8 @@ def from_model_space(
         label_interpolation: for "label": "linear" interpolates each label's indicator and takes the argmax (smoother
             and more faithful than "nearest" when the model grid is finer than the native one).
 
-    Native voxels outside the model crop get label 0 (or value 0).
+    Native voxels outside the model crop get label 0 (or value 0). For class probabilities on the native grid rather
+    than labels, move the class axis last and use kind="image".
     """
     if kind not in ("label", "prob", "image"):
         raise ValueError(f"kind must be 'label', 'prob' or 'image', got {kind!r}")
