@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 
 from cinema.models.resnet import ResNet, resnet_config
-from cinema.models.unet import UNet, unet_config
+from cinema.models.unet import COMPACT_2D_CHANS, UNet, unet_config
 
 # The `model`/`data` parts of the reference's ACDC / M&Ms-2 segmentation and classification configs, as published.
 SEG_CONFIG = {
@@ -75,6 +75,13 @@ def test_unet_parameter_count_matches_reference(view: str, expected: int) -> Non
         model = UNet.from_config(_with(SEG_CONFIG, **{"model.views": view}))
     assert model.n_dims == (3 if view == "sax" else 2)
     assert _n_params(model) == expected
+
+
+def test_compact_2d_unet_size() -> None:
+    with torch.device("meta"):
+        model = UNet.from_config(unet_config(view="sax", n_dims=2, chans=COMPACT_2D_CHANS))
+    assert model.n_dims == 2 and model.size_divisor == (16, 16)  # 192 × 192 SAX slices fit
+    assert 5_000_000 < _n_params(model) < 8_000_000
 
 
 def test_unet_state_dict_layout_matches_reference() -> None:

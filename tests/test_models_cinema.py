@@ -290,6 +290,9 @@ def test_strict_load_lists_mismatched_keys(tmp_path: Path) -> None:
         load_model(folder, tmp_path / "bad.safetensors")
     message = str(err.value)
     assert "encoder.norm.bias" in message and "extra.weight" in message and "pred_head_dict.cls.bias (7,)" in message
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.safetensors: not a readable safetensors file"):
+        load_model(folder, tmp_path / "empty.safetensors")
     save_file(state, str(tmp_path / "clf" / "other.safetensors"))
     (tmp_path / "clf" / "model.safetensors").unlink()
     (tmp_path / "clf" / "third.safetensors").write_bytes(b"")

@@ -282,7 +282,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several unrelated types for corrupt files
-            raise ValueError(f"{path}: not a readable torch checkpoint ({err})") from None
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
         if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
             data = data["model"]
         if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):

