@@ -252,6 +252,11 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     # the same through a config dict + explicit weights, and through the YAML path
     assert isinstance(load_model(config, folder / "model.safetensors"), ConvViT)
     assert isinstance(load_model(folder / "config.yaml"), ConvViT)
+    # LAX views of different sizes are written per view and come back as they were
+    mixed = CineMA({"lax_2c": (32, 32), "lax_4c": (64, 32)}, in_chans={"lax_2c": 1, "lax_4c": 2}, size="tiny")
+    back = load_model(save_model(mixed, tmp_path / "mixed"))
+    assert back.views == ["lax_2c", "lax_4c"] and back.enc_down_dict["lax_4c"].image_size == (64, 32)
+    assert back.enc_down_dict["lax_4c"].in_chans == 2
     # saving a rebuilt MAE / ConvUNetR keeps their kind
     for m in (CineMA({v: SMALL[v] for v in SMALL}, size="tiny"), ConvUNetR({"lax_4c": (32, 32)}, 2, size="tiny")):
         assert type(load_model(save_model(m, tmp_path / type(m).__name__))) is type(m)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cinema.models.conv import set_grad_ckpt
-from cinema.models.conv_stem import DownsampleEncoder, MultiScaleFusion, check_images, view_n_dims
+from cinema.models.conv_stem import DownsampleEncoder, MultiScaleFusion, check_images, data_config, view_n_dims
 from cinema.models.vit import ViTEncoder, init_weights, vit_size
 
 __all__ = ["REDUCTIONS", "ConvViT"]
@@ -73,12 +73,7 @@ class ConvViT(nn.Module):
         self.pred_head_dict = nn.ModuleDict({v: nn.Linear(embed_dim, out_chans) for v in [*self.views, "cls"]})
         set_grad_ckpt(self, grad_ckpt)
 
-        lax = next((v for v in self.views if v != "sax"), None)
-        data: dict[str, Any] = {}
-        if "sax" in self.views:
-            data["sax"] = {"patch_size": list(image_size["sax"]), "in_chans": chans["sax"]}
-        if lax is not None:
-            data["lax"] = {"patch_size": list(image_size[lax]), "in_chans": chans[lax]}
+        data = data_config(image_size, chans)
         #: official-format config (what :func:`cinema.models.checkpoint.save_model` writes as config.yaml)
         self.config: dict[str, Any] = {
             "grad_ckpt": bool(grad_ckpt),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cinema.models.conv import set_grad_ckpt
-from cinema.models.conv_stem import VIEWS, DownsampleEncoder, MultiScaleFusion, check_images, view_n_dims
+from cinema.models.conv_stem import VIEWS, DownsampleEncoder, MultiScaleFusion, check_images, data_config, view_n_dims
 from cinema.models.pos_embed import interpolate_pos_embed, sincos_pos_embed
 from cinema.models.vit import ViTDecoder, ViTEncoder, init_weights, patchify, unpatchify, vit_size
 
@@ -122,12 +122,7 @@ class CineMA(nn.Module):
         for head in self.pred_head_dict.values():
             init_weights(head)
         set_grad_ckpt(self, grad_ckpt)
-        lax = next((v for v in self.views if v != "sax"), None)
-        data: dict[str, Any] = {}
-        if "sax" in self.views:
-            data["sax"] = {"patch_size": list(image_size["sax"]), "in_chans": chans["sax"]}
-        if lax is not None:
-            data["lax"] = {"patch_size": list(image_size[lax]), "in_chans": chans[lax]}
+        data = data_config(image_size, chans)
         model_cfg: dict[str, Any] = {
             "size": size,
             "views": list(self.views),
