@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cinema.cli.finetune",
         "fine-tune a model (segmentation, classification, regression, landmarks, survival) from a YAML config",
     ),
+    "evaluate": (
+        "cinema.cli.evaluate",
+        "evaluate a trained model on a dataset split: per-case CSV, summary JSON by subgroup, Bland-Altman plots",
+    ),
 }
 
 

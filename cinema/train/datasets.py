@@ -156,7 +156,7 @@ def _class_of(meta: dict[str, Any], config: FinetuneConfig, where: str) -> str:
     return value
 
 
-def _spread(entries: list[Entry], n: int, config: FinetuneConfig) -> list[Entry]:
+def spread_subjects(entries: list[Entry], n: int, config: FinetuneConfig) -> list[Entry]:
     """The first ``n`` studies, taken round-robin over classes for classification so every class is present."""
     if config.task != "classification" or not config.data.stratify:
         return entries[:n]
@@ -177,7 +177,7 @@ def split_entries(entries: list[Entry], config: FinetuneConfig) -> tuple[list[En
     data = config.data
     entries = sorted(entries, key=lambda e: e.id)
     if data.max_subjects > 0:
-        entries = _spread(entries, data.max_subjects, config)
+        entries = spread_subjects(entries, data.max_subjects, config)
     rng = np.random.default_rng(config.seed)
     if data.split_column is not None:
         for entry in entries:

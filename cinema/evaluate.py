@@ -1,0 +1,513 @@
+"""Evaluate a trained model on a dataset split: per-case CSV, summary JSON with subgroup breakdowns, plots.
+
+The driver behind ``cinema evaluate``. A run folder written by `cinema.train.Trainer` (``config.yaml`` +
+``splits.json`` + ``model/``) or a fine-tuning YAML config says which dataset and split to read and how; any other
+official-format model folder can be scored instead (``weights``).
+
+- Segmentation (SAX): every study is segmented with the full native-grid pipeline of `cinema.analysis.segment`
+  (the same path ``cinema segment`` takes), so Dice, HD95 (mm), volumes (ml), EF (%) and LV mass (g) are computed on
+  each image's own grid and spacing against its own manual labels at ED and ES. Function indices get Bland-Altman
+  statistics (MAE, bias, limits of agreement) and a plot each.
+- Classification, regression, landmarks, survival: studies go through the trainer's own model-space preparation
+  (`cinema.train.datasets.prepare_subject`, the validation dataset and the task's evaluation transform), so the
+  numbers are those the trainer's validation would report, now kept per case (probabilities, restored regression
+  values, landmark distances in mm, risk scores).
+
+Every metric is broken down by any metadata column (``by``: group, sex, vendor, ...). Where the metadata pairs
+studies (a ``pair_id`` column shared by a scan and its rescan, or a ``rescan_of`` column naming the first scan) the
+scan-rescan coefficient of variation of the predicted (and manual) LVEF / EDV / ESV is reported as well.
+
+Outputs (written into a temporary folder beside ``out_dir`` and renamed into place when complete)::
+
+    per_case.csv                 one row per study: id, metadata, metrics (predicted and reference values)
+    summary.json                 overall and per-subgroup summaries, scan-rescan CV, what was evaluated
+    subgroups.csv                the same summaries as a flat table (one row per subgroup)
+    bland_altman_<quantity>.png  segmentation function indices; regression target
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cinema.train.config import FinetuneConfig
+
+if TYPE_CHECKING:
+    from cinema.train.datasets import Entry
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("val", "train", "all")
+PAIR_COLUMNS = ("pair_id", "rescan_of")
+
+# Segmentation function indices: (column stem, plot title, unit).
+FUNCTION_QUANTITIES: tuple[tuple[str, str, str], ...] = (
+    ("lv_edv", "LV end-diastolic volume", "ml"),
+    ("lv_esv", "LV end-systolic volume", "ml"),
+    ("lv_ef", "LV ejection fraction", "%"),
+    ("rv_edv", "RV end-diastolic volume", "ml"),
+    ("rv_esv", "RV end-systolic volume", "ml"),
+    ("rv_ef", "RV ejection fraction", "%"),
+    ("lv_mass", "LV mass", "g"),
+)
+# Quantities whose scan-rescan reproducibility is reported (prediction and manual reference).
+RESCAN_QUANTITIES = ("lv_ef", "lv_edv", "lv_esv")
+# Metadata that only says where a study's files are: kept out of the per-case table.
+_PATH_COLUMNS = {"path", "manifest", "sax", "lax_2c", "lax_3c", "lax_4c"}
+
+
+@dataclass
+class EvaluationResult:
+    """What `evaluate` wrote and computed."""
+
+    out_dir: Path
+    task: str
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    plots: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What to evaluate: config, weights, studies
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_source(
+    source: str | Path, weights: str | Path | None = None, overrides: Sequence[str] | None = None
+) -> tuple[FinetuneConfig, Path, dict[str, list[str]] | None]:
+    """(config, model folder, train/val ids or None) for a run folder or a fine-tuning config file.
+
+    A run folder holds ``config.yaml`` (the resolved config), ``splits.json`` and ``model/``. For a config file the
+    splits and model of its ``output_dir`` are used when that run exists. ``weights`` replaces the model.
+    """
+    from cinema.train.config import load_config, resolve_path
+
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such run folder or config file")
+    if source.is_dir():
+        config_path = source / "config.yaml"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{source}: not a run folder (no config.yaml)")
+        run_dir = source
+    else:
+        config_path = source
+        run_dir = None
+    config = load_config(config_path, list(overrides or []))
+    if run_dir is None:
+        run_dir = resolve_path(config.output_dir)
+    splits = None
+    splits_path = run_dir / "splits.json"
+    if splits_path.is_file():
+        try:
+            splits = json.loads(splits_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{splits_path}: not valid JSON ({err})") from None
+        if not isinstance(splits, dict) or not all(isinstance(splits.get(k), list) for k in ("train", "val")):
+            raise ValueError(f"{splits_path}: expected lists 'train' and 'val' of study ids")
+    model_dir = Path(weights) if weights is not None else run_dir / "model"
+    if not model_dir.exists():
+        hint = "" if weights is not None else " (train the run first, or pass --weights)"
+        raise FileNotFoundError(f"model not found: {model_dir}{hint}")
+    return config, model_dir, splits
+
+
+def select_entries(config: FinetuneConfig, split: str, splits: Mapping[str, list[str]] | None = None) -> list[Entry]:
+    """The dataset's studies of one split (`cinema.train.datasets.Entry`, sorted by id).
+
+    ``val`` / ``train`` come from the run's ``splits.json`` when given, else from the trainer's own deterministic
+    split of the config; ``all`` is every study the dataset lists (``data.max_subjects`` still applies).
+    """
+    from cinema.train.datasets import list_entries, split_entries, spread_subjects
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    entries = sorted(list_entries(config), key=lambda e: e.id)
+    if split == "all":
+        return spread_subjects(entries, config.data.max_subjects, config) if config.data.max_subjects > 0 else entries
+    if splits is None:
+        train, val = split_entries(entries, config)
+        chosen = val if split == "val" else train
+    else:
+        by_id = {e.id: e for e in entries}
+        missing = [i for i in splits[split] if i not in by_id]
+        if missing:
+            raise ValueError(f"splits.json lists studies the dataset at {config.data.dir} lacks: {missing[:5]}")
+        chosen = [by_id[i] for i in splits[split]]
+    if not chosen:
+        raise ValueError(f"the {split} split is empty; choose another split (--split train or all)")
+    return sorted(chosen, key=lambda e: e.id)
+
+
+def case_metadata(entry: Entry, study_metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Scalar metadata of a study for the per-case table (file paths left out)."""
+    merged = {**(study_metadata or {}), **entry.metadata}
+    return {
+        key: value
+        for key, value in merged.items()
+        if isinstance(value, (str, int, float, bool))
+        and key not in _PATH_COLUMNS
+        and not key.endswith(("_label", "_label_ed", "_label_es"))
+    }
+
+
+def check_columns(by: Sequence[str], entries: Sequence[Entry]) -> None:
+    """Fail before any inference when a ``by`` column is in no study's metadata (the listing's, else a study's)."""
+    available = {"id"} | {key for entry in entries for key in case_metadata(entry)}
+    if all(column in available for column in by) or not entries:
+        return
+    available |= set(case_metadata(entries[0], entries[0].load().metadata))
+    unknown = [column for column in by if column not in available]
+    if unknown:
+        raise ValueError(
+            f"no metadata column {unknown} to break metrics down by (available: {', '.join(sorted(available))})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-case rows
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def segmentation_rows(
+    entries: Sequence[Entry],
+    weights: str | Path,
+    device: str = "cpu",
+    postprocess: bool = True,
+    batch_size: int = 32,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per study: Dice and HD95 per class at ED and ES, function indices predicted and manual.
+
+    Each study is segmented on its own grid (`segment_study`) and scored against its own ED / ES labels with the
+    image's affine, so every physical quantity uses that image's spacing.
+    """
+    import torch
+
+    from cinema.analysis.segment import load_segmentation_model, segment_study
+    from cinema.metrics import cardiac_case_metrics
+
+    model = load_segmentation_model(weights, device=device)
+    rows = []
+    with torch.no_grad():
+        for entry in entries:
+            study = entry.load()
+            view = study.view("sax")
+            ed, es = study.ed_frame, study.es_frame
+            if ed is None or es is None:
+                raise ValueError(f"{entry.source}: ED and ES frames are needed to evaluate segmentation")
+            unlabelled = [name for name, f in (("ED", ed), ("ES", es)) if f not in view.labels]
+            if unlabelled:
+                raise ValueError(f"{entry.source}: no manual labels at {' and '.join(unlabelled)}")
+            pred = segment_study(study, model, frames=sorted({ed, es}), postprocess=postprocess, batch_size=batch_size)
+            metrics = cardiac_case_metrics(pred[ed], view.labels[ed], pred[es], view.labels[es], view.affine)
+            rows.append({"id": entry.id, **case_metadata(entry, study.metadata), **metrics})
+            if progress:
+                progress(f"{entry.id}: LV Dice ED {metrics['dice_ed_lv']:.3f}, ES {metrics['dice_es_lv']:.3f}")
+    return rows
+
+
+def prediction_rows(
+    entries: Sequence[Entry],
+    config: FinetuneConfig,
+    weights: str | Path,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per study for the study-level and landmark tasks, through the trainer's model-space pipeline.
+
+    Rows hold ``y_true`` / ``y_pred`` (+ ``prob_<class>``) for classification, ``y_true`` / ``y_pred`` in the
+    target's own units for regression, ``time`` / ``event`` / ``risk`` for survival, and ``distance_<k>`` /
+    ``mean_distance`` in mm for landmarks.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cinema.models.checkpoint import load_model, read_config
+    from cinema.tasks import make_task
+    from cinema.tasks.base import autocast_context, to_device
+    from cinema.tasks.classification import windowed_outputs
+    from cinema.train.datasets import ValDataset, prepare_subject
+
+    task = make_task(config)
+    torch_device = torch.device(device)
+    model = load_model(weights, device=torch_device)
+    autocast = autocast_context(torch_device, False)
+    patch = {view: config.patch_size(view) for view in config.views}
+    reduce = config.model.reduce
+    mean = std = None
+    if config.task == "regression":
+        mean, std = _regression_stats(config, read_config(weights)[0], weights)
+    subjects = [prepare_subject(entry, config) for entry in entries]  # targets stay in their own units
+    dataset = ValDataset(subjects, config)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False)
+    rows = []
+    with torch.no_grad():
+        for index, batch in enumerate(loader):
+            entry = entries[dataset.samples[index][0]]  # one sample per study for these tasks
+            row: dict[str, Any] = {"id": entry.id, **case_metadata(entry)}
+            if config.task.startswith("landmark"):
+                # the task's own validation on a one-study batch: its distances in mm are this case's
+                row.update(task.evaluate(model, [batch], torch_device, autocast))
+            else:
+                images = task.prepare_eval(to_device(batch, torch_device))["image"]
+                if config.task == "classification":
+                    softmax = lambda x: torch.softmax(x, dim=1)  # noqa: E731
+                    proba = windowed_outputs(model, images, patch, reduce, autocast, softmax)[0].cpu().numpy()
+                    true = int(batch["target"][0])
+                    row.update({"y_true": true, "y_pred": int(np.argmax(proba))})
+                    row.update({"true_class": config.data.classes[true]})
+                    row.update({"pred_class": config.data.classes[int(np.argmax(proba))]})
+                    row.update({f"prob_{name}": float(p) for name, p in zip(config.data.classes, proba, strict=True)})
+                elif config.task == "regression":
+                    z = float(windowed_outputs(model, images, patch, reduce, autocast)[0, 0])
+                    row.update({"y_true": float(batch["target"][0]), "y_pred": z * std + mean})
+                else:  # survival
+                    risk = float(windowed_outputs(model, images, patch, reduce, autocast)[0, 0])
+                    row.update({"time": float(batch["time"][0]), "event": int(batch["event"][0]), "risk": risk})
+            rows.append(row)
+            if progress:
+                progress(f"{entry.id}: done")
+    return rows
+
+
+def _regression_stats(config: FinetuneConfig, model_config: Mapping[str, Any], weights: Any) -> tuple[float, float]:
+    """The z-scoring of the regression target: the run's config, else the model's own config.yaml."""
+    if config.data.regression_mean is not None and config.data.regression_std is not None:
+        return float(config.data.regression_mean), float(config.data.regression_std)
+    column = config.data.regression_column
+    stats = model_config.get("data", {}).get(column)
+    if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
+        return float(stats["mean"]), float(stats["std"])
+    raise ValueError(
+        f"{weights}: the target {column!r} was z-scored but neither the config nor the model's config.yaml holds its "
+        "mean and std (data.regression_mean / data.regression_std)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Summaries
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _classification_metric(classes: Sequence[str]) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, float]]:
+    from cinema.metrics import classification_metrics
+    from cinema.metrics.subgroups import column_values
+
+    def metric(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        proba = np.stack([column_values(rows, f"prob_{name}") for name in classes], axis=1)
+        return classification_metrics(column_values(rows, "y_true").astype(np.int64), proba)
+
+    return metric
+
+
+def _survival_metric(rows: Sequence[Mapping[str, Any]]) -> float:
+    from cinema.metrics import concordance_index
+    from cinema.metrics.subgroups import column_values
+
+    return concordance_index(column_values(rows, "time"), column_values(rows, "event"), column_values(rows, "risk"))
+
+
+def task_metrics(config: FinetuneConfig) -> tuple[list[str], dict[str, Callable]]:
+    """(per-case columns averaged per group, group metrics) of a task, for `cinema.metrics.subgroup_table`."""
+    from cinema.metrics import ACDC_CLASSES, bland_altman, from_columns, regression_metrics
+
+    if config.task == "segmentation":
+        per_case = [
+            f"{metric}_{phase}_{name}"
+            for metric in ("dice", "hd95")
+            for phase in ("ed", "es")
+            for name in ACDC_CLASSES.values()
+        ]
+        groups = {q: from_columns(bland_altman, f"{q}_pred", f"{q}_true") for q, _, _ in FUNCTION_QUANTITIES}
+        return per_case, groups
+    if config.task == "classification":
+        return [], {"classification": _classification_metric(config.data.classes)}
+    if config.task == "regression":
+        return [], {"regression": from_columns(regression_metrics, "y_pred", "y_true")}
+    if config.task == "survival":
+        return ["risk"], {"c_index": _survival_metric}
+    return ["mean_distance", "distance_1", "distance_2", "distance_3"], {}
+
+
+def scan_rescan_pairs(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """Pairs of rows marked as scan and rescan: the two rows sharing a ``pair_id``, or a row and its ``rescan_of``.
+
+    A ``pair_id`` shared by other than exactly two studies is an error naming it.
+    """
+    pairs = []
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        value = row.get("pair_id")
+        if value not in (None, "") and not (isinstance(value, float) and math.isnan(value)):
+            groups.setdefault(str(value), []).append(row)
+    for pair_id, members in sorted(groups.items()):
+        if len(members) != 2:
+            ids = [m.get("id") for m in members]
+            raise ValueError(f"pair_id {pair_id!r} marks {len(members)} studies {ids}; a scan-rescan pair needs two")
+        pairs.append((members[0], members[1]))
+    by_id = {str(row.get("id")): row for row in rows}
+    for row in rows:
+        first = row.get("rescan_of")
+        if first in (None, "") or (isinstance(first, float) and math.isnan(first)):
+            continue
+        if str(first) not in by_id:
+            raise ValueError(f"study {row.get('id')!r}: rescan_of names {first!r}, which is not among the studies")
+        pairs.append((by_id[str(first)], row))
+    return pairs
+
+
+def scan_rescan_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, float | int] | None:
+    """Scan-rescan coefficient of variation (%) of each column over the marked pairs; None when nothing is paired."""
+    from cinema.metrics import coefficient_of_variation
+    from cinema.metrics.subgroups import column_values
+
+    pairs = scan_rescan_pairs(rows)
+    if not pairs:
+        return None
+    firsts, seconds = [a for a, _ in pairs], [b for _, b in pairs]
+    summary: dict[str, float | int] = {"n_pairs": len(pairs)}
+    for column in columns:
+        if not any(column in row for row in rows):
+            continue
+        cv = coefficient_of_variation(column_values(firsts, column), column_values(seconds, column))
+        summary[f"{column}_cv_percent"] = 100.0 * cv
+    return summary
+
+
+def summarise_rows(
+    rows: Sequence[Mapping[str, Any]], config: FinetuneConfig, by: Sequence[str] = ()
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary dict, flat subgroup table) of per-case rows: overall, per value of each ``by`` column, scan-rescan."""
+    from cinema.metrics import subgroup_table
+
+    known = sorted({key for row in rows for key in row})
+    unknown = [column for column in by if column not in known]
+    if unknown:
+        raise ValueError(f"no metadata column {unknown} to break metrics down by (available: {', '.join(known)})")
+    per_case, group_metrics = task_metrics(config)
+    table = subgroup_table(rows, list(by), per_case, group_metrics)
+    summary: dict[str, Any] = {"overall": _without_keys(table[0], ("column", "group")), "subgroups": {}}
+    for entry in table[1:]:
+        summary["subgroups"].setdefault(entry["column"], {})[entry["group"]] = _without_keys(entry, ("column", "group"))
+    if config.task == "segmentation":
+        rescan_columns = [f"{q}_{kind}" for q in RESCAN_QUANTITIES for kind in ("pred", "true")]
+    elif config.task == "regression":
+        rescan_columns = ["y_pred", "y_true"]
+    else:
+        rescan_columns = []
+    if rescan_columns:
+        rescan = scan_rescan_summary(rows, rescan_columns)
+        if rescan is not None:
+            summary["scan_rescan"] = rescan
+    return summary, table
+
+
+def _without_keys(values: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in keys}
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN / inf -> None (strict JSON), numpy scalars -> Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_plots(rows: Sequence[Mapping[str, Any]], config: FinetuneConfig, folder: Path) -> list[Path]:
+    """Bland-Altman plots: segmentation function indices, the regression target; quantities with no pair skipped."""
+    from cinema.metrics import bland_altman_plot
+    from cinema.metrics.subgroups import column_values
+
+    if config.task == "segmentation":
+        quantities = [(f"{q}_pred", f"{q}_true", q, title, unit) for q, title, unit in FUNCTION_QUANTITIES]
+    elif config.task == "regression":
+        column = config.data.regression_column
+        quantities = [("y_pred", "y_true", column, column, "")]
+    else:
+        return []
+    plots = []
+    for pred_column, true_column, name, title, unit in quantities:
+        pred, true = column_values(rows, pred_column), column_values(rows, true_column)
+        if not np.any(np.isfinite(pred) & np.isfinite(true)):
+            logger.warning("no finite %s pairs: no Bland-Altman plot", name)
+            continue
+        plots.append(bland_altman_plot(pred, true, folder / f"bland_altman_{name}.png", title=title, unit=unit))
+    return plots
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    weights: str | Path | None = None,
+    split: str = "val",
+    by: Sequence[str] = (),
+    overrides: Sequence[str] | None = None,
+    device: str = "cpu",
+    postprocess: bool = True,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate the model of a run (or ``weights``) on a split of its dataset; write the outputs into ``out_dir``.
+
+    Args:
+        source: a run folder (config.yaml, splits.json, model/) or a fine-tuning YAML config.
+        out_dir: output folder; an existing non-empty one is refused unless ``force``.
+        weights: any official-format model folder (or config.yaml / .safetensors) instead of the run's model.
+        split: ``val`` (default), ``train`` or ``all``.
+        by: metadata columns to break every metric down by (``group``, ``sex``, ``vendor``, ...).
+        overrides: dotted ``key=value`` config overrides (e.g. ``data.dir=/data/acdc`` for another copy of the data).
+        device: ``cpu``, ``cuda``, ...
+        postprocess: segmentation only, keep the largest component per structure (as ``cinema segment``).
+    """
+    from cinema.io.atomic import atomic_directory, is_nonempty_dir
+    from cinema.metrics import write_csv
+
+    out_dir = Path(out_dir)
+    if is_nonempty_dir(out_dir) and not force:  # before any work, not after an hour of inference
+        raise ValueError(f"{out_dir}: output folder exists and is not empty (use --force to overwrite)")
+    config, model_dir, splits = resolve_source(source, weights, overrides)
+    entries = select_entries(config, split, splits)
+    check_columns(by, entries)
+    logger.info("evaluating %s (%s) on %d %s studies", model_dir, config.task, len(entries), split)
+    if config.task == "segmentation":
+        if config.views != ["sax"]:
+            raise ValueError(f"segmentation evaluation covers short-axis models; this run segments {config.views}")
+        rows = segmentation_rows(entries, model_dir, device=device, postprocess=postprocess, progress=progress)
+    else:
+        rows = prediction_rows(entries, config, model_dir, device=device, progress=progress)
+    summary, table = summarise_rows(rows, config, by)
+    summary = {
+        "task": config.task,
+        "source": str(source),
+        "weights": str(model_dir),
+        "split": split,
+        "n_cases": len(rows),
+        "by": list(by),
+        **summary,
+    }
+    with atomic_directory(out_dir, force=force) as tmp:
+        write_csv(rows, tmp / "per_case.csv")
+        write_csv(table, tmp / "subgroups.csv")
+        (tmp / "summary.json").write_text(json.dumps(_json_ready(summary), indent=1, allow_nan=False))
+        plots = write_plots(rows, config, tmp)
+    return EvaluationResult(out_dir, config.task, rows, summary, [out_dir / p.name for p in plots])
