@@ -229,7 +229,8 @@ def augment_view(
     apply, matrix, offset = sample_affine(
         image.shape[0], len(spatial), prob, rotate_deg, translate, scale_range, generator
     )
-    image = random_affine(image, apply, matrix, offset, mode="bilinear")
+    # bilinear weights sum to 1 only up to rounding: keep the documented [0, 1] range exact
+    image = random_affine(image, apply, matrix, offset, mode="bilinear").clamp_(0.0, 1.0)
     if label is not None:
         label = random_affine(label, apply, matrix, offset, mode=label_mode)
     if points is not None:
