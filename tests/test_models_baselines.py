@@ -326,6 +326,7 @@ def _acdc_slices(acdc_dir, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+@pytest.mark.slow
 def test_unet_overfits_real_acdc_slices(acdc_dir) -> None:
     torch.manual_seed(0)
     x, y = _acdc_slices(acdc_dir)
