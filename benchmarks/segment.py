@@ -3,10 +3,12 @@
 For each ACDC patient (default: the validation split of the shipped model's recipe.json) it segments ED and ES with
 the label-free heart crop, then reports Dice per class at ED and ES and the absolute LVEF / RVEF errors (volumes from
 native-grid masks and native spacing), without and with largest-component post-processing (same predictions), plus
-the wall time per exam on this machine.
+the wall time per exam on this machine. Then LV cavity and myocardium Dice on the two contoured Sunnybrook DICOM
+exams (GE scanner: another vendor, DICOM geometry, never seen in training). ``--compare-mirror`` repeats everything
+with and without mirror averaging, and on mirror-image ACDC input (the other in-plane handedness).
 
-    .venv/bin/python benchmarks/segment.py [--weights DIR] [--acdc-dir ../shared/data/acdc] [--ids patient003 ...]
-        [--json OUT.json] [--threads 2]
+    .venv/bin/python benchmarks/segment.py [--weights DIR] [--shared-dir ../shared] [--ids patient003 ...]
+        [--json OUT.json] [--threads 1] [--compare-mirror]
 """
 
 from __future__ import annotations
@@ -20,20 +22,48 @@ from typing import Any
 import numpy as np
 import torch
 
-from cinema.analysis.segment import SegmentationModel, keep_largest_components, load_segmentation_model, segment_study
-from cinema.io import read_acdc_patient
+from cinema.analysis.segment import (
+    MIRROR_DEFAULT,
+    SegmentationModel,
+    keep_largest_components,
+    load_segmentation_model,
+    segment_study,
+)
+from cinema.io import read_acdc_patient, read_dicom_study, read_sunnybrook_contours
+from cinema.io.study import SAX, CineView, Study
 from cinema.metrics import ACDC_CLASSES, dice_per_class, ventricular_function
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def evaluate_patients(model: SegmentationModel, folders: list[Path], amp: bool = False) -> dict[str, Any]:
-    """Per-patient rows and summary numbers, raw and post-processed."""
+def _mirrored(study: Study) -> Study:
+    """The same exam with its in-plane x axis reversed in the array but not in the affine: mirrored anatomy."""
+    view = study.sax
+    flipped = CineView(
+        image=view.image[::-1].copy(),
+        affine=view.affine,
+        labels={f: lab[::-1].copy() for f, lab in view.labels.items()},
+        source=view.source,
+    )
+    return Study({SAX: flipped}, study.ed_frame, study.es_frame, dict(study.metadata), study.source)
+
+
+def evaluate_patients(
+    model: SegmentationModel,
+    folders: list[Path],
+    amp: bool = False,
+    mirror: bool = MIRROR_DEFAULT,
+    mirrored_input: bool = False,
+) -> dict[str, Any]:
+    """Per-patient rows and summary numbers, raw and post-processed (largest component per class)."""
     rows = []
     for folder in folders:
         study = read_acdc_patient(folder)
+        if mirrored_input:
+            study = _mirrored(study)
         started = time.perf_counter()
-        raw = segment_study(study, model, frames=[study.ed_frame, study.es_frame], postprocess=False, amp=amp)
+        frames = [study.ed_frame, study.es_frame]
+        raw = segment_study(study, model, frames=frames, postprocess=False, amp=amp, mirror=mirror)
         seconds = time.perf_counter() - started
         spacing = study.sax.spacing
         row: dict[str, Any] = {"id": folder.name, "group": study.metadata.get("group"), "seconds": seconds}
@@ -49,6 +79,30 @@ def evaluate_patients(model: SegmentationModel, folders: list[Path], amp: bool =
                 row[f"{variant}_{key}_error"] = function[key] - truth[key]
         rows.append(row)
     return {"patients": rows, "summary": summarise(rows)}
+
+
+def evaluate_sunnybrook(model: SegmentationModel, exams: list[Path], mirror: bool = MIRROR_DEFAULT) -> dict[str, Any]:
+    """LV cavity and myocardium Dice on the contoured images of Sunnybrook exams (GE, another vendor than ACDC),
+    pooled over each exam's contoured slices; post-processed predictions of the contoured frames."""
+    results = {}
+    for exam in exams:
+        study = read_dicom_study(exam / "dicom")
+        contours = read_sunnybrook_contours(exam, study)
+        frames = sorted({frame for _, frame in contours})
+        pred = segment_study(study, model, frames=frames, mirror=mirror)
+        counts = {"lv": [0, 0], "myo": [0, 0]}  # [2 * intersection, |pred| + |true|]
+        for (z, frame), masks in contours.items():
+            labels = pred[frame][:, :, z]
+            truths = {"lv": masks["endo"]}
+            if "epi" in masks:
+                truths["myo"] = masks["epi"] & ~masks["endo"]
+            for name, truth in truths.items():
+                guess = labels == (3 if name == "lv" else 2)
+                counts[name][0] += 2 * int((guess & truth).sum())
+                counts[name][1] += int(guess.sum() + truth.sum())
+        results[exam.name] = {f"dice_{k}": v[0] / v[1] if v[1] else float("nan") for k, v in counts.items()}
+        results[exam.name]["n_contoured_images"] = len(contours)
+    return results
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -69,11 +123,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="model folder (default: the shipped model)")
-    parser.add_argument("--acdc-dir", default=str(REPO_ROOT.parent / "shared" / "data" / "acdc"))
-    parser.add_argument("--ids", nargs="*", default=None, help="patients (default: the recipe's validation split)")
-    parser.add_argument("--json", default=None, help="write rows and summary here")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shared-dir", default=str(REPO_ROOT.parent / "shared"))
+    parser.add_argument("--ids", nargs="*", default=None, help="ACDC patients (default: the recipe's validation split)")
+    parser.add_argument("--json", default=None, help="write every result here")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--compare-mirror", action="store_true", help="also without mirror averaging / mirrored input")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_segmentation_model(args.weights)
@@ -85,12 +140,26 @@ def main() -> None:
 
             recipe = default_weights_dir("sax_segmentation") / "recipe.json"
         ids = json.loads(recipe.read_text())["split"]["val"]
-    result = evaluate_patients(model, [Path(args.acdc_dir) / i for i in ids], amp=args.amp)
-    for variant in ("raw", "lcc"):
-        print(variant, json.dumps({k: round(v, 4) for k, v in result["summary"][variant].items()}))
-    print("seconds per exam (ED + ES)", round(result["summary"]["seconds_per_exam"]["mean"], 2))
+    shared = Path(args.shared_dir)
+    folders = [shared / "data" / "acdc" / i for i in ids]
+    settings = [(MIRROR_DEFAULT, False)]
+    if args.compare_mirror:
+        settings = [(m, flipped) for flipped in (False, True) for m in (False, True)]
+    output: dict[str, Any] = {}
+    for mirror, flipped in settings:
+        name = f"acdc{'_mirrored_input' if flipped else ''}_{'mirror_avg' if mirror else 'plain'}"
+        result = evaluate_patients(model, folders, amp=args.amp, mirror=mirror, mirrored_input=flipped)
+        output[name] = result
+        for variant in ("raw", "lcc"):
+            print(name, variant, json.dumps({k: round(v, 4) for k, v in result["summary"][variant].items()}))
+        print(name, "seconds per exam (ED + ES)", round(result["summary"]["seconds_per_exam"]["mean"], 2))
+    exams = sorted(p for p in (shared / "data" / "sunnybrook").glob("SCD*") if p.is_dir())
+    for mirror in sorted({m for m, _ in settings}):
+        name = f"sunnybrook_{'mirror_avg' if mirror else 'plain'}"
+        output[name] = evaluate_sunnybrook(model, exams, mirror=mirror)
+        print(name, json.dumps(output[name]))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        Path(args.json).write_text(json.dumps(output, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,11 @@ from test_io_sunnybrook import EXAMS, assert_matches_dicom, dicom_headers
 import cinema.cli as cli
 from cinema.io import read_study, read_sunnybrook_contours
 
-CONVERT = {"convert": ("cinema.cli.convert", "convert a DICOM cine exam to NIfTI + study.json")}
-
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
-    """`cinema convert ...` through the real dispatcher (registered here so the test does not depend on others)."""
+    """`cinema convert ...` through the real dispatcher."""
     out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        patch.setattr(cli, "COMMANDS", CONVERT)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["convert", *map(str, argv)])
     return code, out.getvalue(), err.getvalue()
 

@@ -30,7 +30,6 @@ from test_train_data import (
 
 from cinema import cli
 from cinema.analysis.segment import load_segmentation_model, segment_study
-from cinema.cli.evaluate import HELP
 from cinema.evaluate import evaluate, scan_rescan_pairs, scan_rescan_summary
 from cinema.io import read_acdc_info, read_acdc_patient
 from cinema.metrics import hausdorff_mm
@@ -38,12 +37,6 @@ from cinema.train.config import config_from_dict
 from cinema.train.trainer import Trainer
 
 FUNCTION = ("lv_edv", "lv_esv", "lv_ef", "rv_edv", "rv_esv", "rv_ef", "lv_mass")
-
-
-@pytest.fixture(autouse=True)
-def _evaluate_command(monkeypatch):
-    """The sub-command as `cinema.cli` registers it (also before the registration lands)."""
-    monkeypatch.setitem(cli.COMMANDS, "evaluate", ("cinema.cli.evaluate", HELP))
 
 
 @pytest.fixture(autouse=True)

@@ -166,7 +166,6 @@ def test_bf16_autocast_and_optional_tensorboard(landmarks: Path, tmp_path: Path)
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
-    monkeypatch.setitem(cinema.cli.COMMANDS, "finetune", ("cinema.cli.finetune", "fine-tune"))
     return cinema.cli.main(["finetune", *argv])
 
 

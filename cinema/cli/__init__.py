@@ -1,6 +1,6 @@
 """The `cinema` command line: a thin dispatcher over one module per sub-command.
 
-Each module in `COMMANDS` defines `add_arguments(parser)` and `run(args) -> int`, and imports its heavy
+Each module in `COMMANDS` defines `HELP`, `add_arguments(parser)` and `run(args) -> int`, and imports its heavy
 dependencies inside `run` so that `cinema --help` stays fast.
 """
 
@@ -10,18 +10,14 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "example": ("cinema.cli.example", "run the built-in example (MAE reconstruction of a bundled real image)"),
-    "convert": ("cinema.cli.convert", "convert a DICOM cine exam to NIfTI cines + study.json"),
-    "finetune": (
-        "cinema.cli.finetune",
-        "fine-tune a model (segmentation, classification, regression, landmarks, survival) from a YAML config",
-    ),
-    "evaluate": (
-        "cinema.cli.evaluate",
-        "evaluate a trained model on a dataset split: per-case CSV, summary JSON by subgroup, Bland-Altman plots",
-    ),
+# sub-command -> module (each module's HELP is its one-line help)
+COMMANDS: dict[str, str] = {
+    "example": "cinema.cli.example",
+    "analyze": "cinema.cli.analyze",
+    "segment": "cinema.cli.segment",
+    "convert": "cinema.cli.convert",
+    "finetune": "cinema.cli.finetune",
+    "evaluate": "cinema.cli.evaluate",
 }
 
 
@@ -32,9 +28,9 @@ class CinemaError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cinema", description="CineMA toolkit for cine cardiac MRI")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

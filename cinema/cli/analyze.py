@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise CinemaError(f"{out}: OUT must not be the study itself or inside it")
 
-    import torch
 
     from cinema.analysis.segment import load_segmentation_model
     from cinema.io import read_study
@@ -80,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
         if frame is not None and frame >= n_frames:
             raise CinemaError(f"{flag} {frame} is outside the {n_frames} stored frames (0-based, 0..{n_frames - 1})")
     model = load_segmentation_model(args.weights, device=args.device)
-    torch.set_grad_enabled(False)
     analysis = analyze_study(
         study,
         model,

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+HELP = "convert a DICOM cine exam to NIfTI cines + study.json"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dicom_dir", type=Path, help="folder holding one exam's DICOM files (any names, any depth)")

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-postprocess", action="store_true", help="keep every connected component (default: largest per class)"
     )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
+    parser.add_argument(
+        "--mirror", action="store_true", help="also predict the mirror image and average (mirror-image exams)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
 
 
@@ -49,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CinemaError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    import torch
 
     from cinema.analysis.segment import load_segmentation_model, segment_study
     from cinema.io import read_study, write_label_nifti
@@ -61,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     study = read_study(source, view=SAX if kind == "nifti" else None)
     view = study.view(SAX)
     model = load_segmentation_model(args.weights, device=args.device)
-    torch.set_grad_enabled(False)
-    labels = segment_study(study, model, batch_size=args.batch_size, postprocess=not args.no_postprocess, amp=args.amp)
+    labels = segment_study(
+        study, model, batch_size=args.batch_size, postprocess=not args.no_postprocess, amp=args.amp, mirror=args.mirror
+    )
     stacked = np.stack([labels[f] for f in range(view.n_frames)], axis=-1)
     if kind == "nifti" and len(nifti_shape(source)) == 3:
         stacked = stacked[..., 0]

@@ -1,0 +1,338 @@
+"""`cinema analyze`: one exam in, clinical measurements, quality control and a report out.
+
+Pipeline: segment every stored SAX frame (`cinema.analysis.segment`) -> volume curves -> ED/ES -> LV/RV volumes,
+EF and LV mass (`cinema.analysis.measure`) -> QC sentences (`cinema.analysis.qc`) -> an output folder written
+atomically (built beside OUT, renamed into place only when complete):
+
+- ``seg_sax.nii.gz``: uint8 labels (1 RV, 2 MYO, 3 LV) with the input's exact shape and affine (3-D for a 3-D NIfTI);
+- ``volumes.csv``: one row per stored frame;
+- ``metrics.json``: `METRIC_KEYS` plus extras;
+- ``report.html``: self-contained (embedded pictures), no patient-identifying fields;
+- ``cine_overlay.gif``: the mid-ventricular slice over time.
+
+Disease probabilities and mitral-valve landmarks / MAPSE are hooks (`disease_probabilities`,
+`mitral_valve_landmarks`) that report "not available" until a classifier and LAX landmark weights ship.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cinema.analysis.measure import cardiac_metrics, find_ed_es, label_series, volume_curves
+from cinema.analysis.qc import CONFIDENCE_NOT_AVAILABLE, quality_warnings
+from cinema.io.study import LAX_VIEWS, SAX, Study
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OUTPUT_FILES",
+    "Analysis",
+    "analyze_study",
+    "disease_probabilities",
+    "example_study_path",
+    "mitral_valve_landmarks",
+    "write_analysis",
+]
+
+OUTPUT_FILES = ("seg_sax.nii.gz", "volumes.csv", "metrics.json", "report.html", "cine_overlay.gif")
+EXAMPLE_NAME = "sunnybrook_scd0000301"
+
+
+def example_study_path() -> Path:
+    """The small real exam shipped inside the package (Sunnybrook SCD0000301, CC0; see its LICENSE.txt)."""
+    folder = Path(__file__).resolve().parents[1] / "examples" / EXAMPLE_NAME
+    if not (folder / "study.json").is_file():
+        raise FileNotFoundError(f"the bundled example exam is missing from {folder} (reinstall the package)")
+    return folder
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Hooks for analyses whose models do not ship yet: each returns (result or None, a sentence saying why not)
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def disease_probabilities(study: Study, labels: np.ndarray) -> tuple[dict[str, float] | None, str]:
+    """Probability of each diagnostic group (e.g. the ACDC NOR/DCM/HCM/MINF/RV); not available yet.
+
+    Plug a fine-tuned CineMA classification checkpoint in here: it takes the SAX cine at ED/ES in model space
+    (`cinema.preprocess.view_to_model_space`) and returns softmax probabilities per class name.
+    """
+    return None, "disease probabilities: not available (no disease classifier ships with this version)"
+
+
+def mitral_valve_landmarks(study: Study) -> tuple[dict[str, Any] | None, str]:
+    """Mitral valve landmarks on the long-axis views and MAPSE (mm); not available yet.
+
+    Plug a CineMA landmark checkpoint in here: landmarks per LAX frame, MAPSE = the valve plane's excursion
+    between ED and ES.
+    """
+    lax = [name for name in LAX_VIEWS if name in study.views]
+    if not lax:
+        return None, "mitral valve landmarks and MAPSE: not available (the exam has no long-axis views)"
+    return None, "mitral valve landmarks and MAPSE: not available (no landmark weights ship with this version)"
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The pipeline
+# -------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Analysis:
+    """The result of `analyze_study`.
+
+    Attributes:
+        study: the analysed exam.
+        labels: (X, Y, Z, T) uint8 labels on the SAX grid, one per stored frame.
+        curves: {"lv", "rv", "myo"} -> (T,) volumes in ml.
+        metrics: `METRIC_KEYS` plus extras, JSON-ready (None for undefined values).
+        notes: sentences about what was not checked or not available.
+    """
+
+    study: Study
+    labels: np.ndarray
+    curves: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def _segment_all_frames(study: Study, model: Any, batch_size: int, amp: bool, progress: bool) -> dict[int, np.ndarray]:
+    """`segment_study` over every frame, in the same frame groups it uses, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    from cinema.analysis.segment import segment_study, segment_view
+    from cinema.preprocess import locate_study_heart
+
+    view = study.view(SAX)
+    location = locate_study_heart(study, SAX)
+    if location.fallback:
+        # the network must search the whole field of view once; segment_study does that for all frames together
+        logger.info("no cardiac motion to locate the heart; searching the whole field of view")
+        return segment_study(study, model, batch_size=batch_size, amp=amp)
+    center = np.asarray(location.center_mm, dtype=np.float64)
+    group = max(1, batch_size // view.spatial_shape[2]) if model.n_dims == 2 else batch_size
+    frames = list(range(view.n_frames))
+    labels: dict[int, np.ndarray] = {}
+    with tqdm(total=len(frames), desc="segmenting", unit="frame", disable=not progress, leave=False) as bar:
+        for start in range(0, len(frames), group):
+            chunk = frames[start : start + group]
+            labels.update(segment_view(view, model, frames=chunk, center_mm=center, batch_size=batch_size, amp=amp))
+            bar.update(len(chunk))
+    return labels
+
+
+def _ed_es(study: Study, lv_curve: np.ndarray, ed: int | None, es: int | None) -> tuple[int, int, str]:
+    """ED/ES given by the caller, else known from the input, else from the LV volume curve; and their source."""
+    sources = []
+    chosen = []
+    for name, given, known in (("ED", ed, study.ed_frame), ("ES", es, study.es_frame)):
+        if given is not None:
+            chosen.append(int(given))
+            sources.append(f"{name} given")
+        elif known is not None:
+            chosen.append(int(known))
+            sources.append(f"{name} from the input")
+        else:
+            chosen.append(None)
+            sources.append(f"{name} from the LV volume curve")
+    ed_frame, es_frame = find_ed_es(lv_curve, chosen[0], chosen[1])
+    return ed_frame, es_frame, ", ".join(sources)
+
+
+def input_summary(study: Study, model_name: str, ed_es_source: str) -> list[tuple[str, str]]:
+    """Non-identifying facts about the input for the report (a whitelist: no names, IDs, dates or paths)."""
+    view = study.view(SAX)
+    metadata = study.metadata or {}
+    x, y, z = view.spatial_shape
+    sx, sy, sz = view.spacing
+    rows = [
+        ("Input format", str(metadata.get("source_format", "unknown"))),
+        ("Views", ", ".join(study.view_names)),
+        ("SAX grid", f"{x} x {y} voxels x {z} slices, {view.n_frames} stored frame(s)"),
+        ("SAX voxel size", f"{sx:.2f} x {sy:.2f} mm in plane, {sz:.2f} mm between slices"),
+    ]
+    if view.frame_indices is not None:
+        rows.append(("Stored acquisition frames (0-based)", ", ".join(str(i) for i in view.frame_indices)))
+    if view.frame_times_ms is not None and view.n_frames > 1:
+        times = view.frame_times_ms
+        step = float(np.median(np.diff(times)))
+        rows.append(("Frame times", f"{times[0]:.0f}-{times[-1]:.0f} ms after the R wave, about {step:.0f} ms apart"))
+    scanner = metadata.get("scanner") or {}
+    if isinstance(scanner, Mapping):
+        kit = " ".join(str(scanner[k]) for k in ("manufacturer", "model") if scanner.get(k))
+        if scanner.get("field_strength_t"):
+            kit += f", {scanner['field_strength_t']} T"
+        if kit:
+            rows.append(("Scanner", kit))
+        if scanner.get("heart_rate_bpm"):
+            rows.append(("Heart rate", f"{scanner['heart_rate_bpm']} bpm"))
+    rows.append(("ED/ES frames from", ed_es_source))
+    rows.append(("Segmentation model", model_name))
+    for warning in metadata.get("warnings") or []:
+        rows.append(("Input warning", str(warning)))
+    if metadata.get("licence"):
+        rows.append(("Data licence", str(metadata["licence"])))
+    return rows
+
+
+def analyze_study(
+    study: Study,
+    model: Any,
+    *,
+    ed: int | None = None,
+    es: int | None = None,
+    batch_size: int = 32,
+    amp: bool = False,
+    progress: bool = False,
+) -> Analysis:
+    """Segment every SAX frame of `study` and measure it.
+
+    Args:
+        study: the exam (read with `cinema.io.read_study`).
+        model: from `cinema.analysis.segment.load_segmentation_model`.
+        ed, es: 0-based stored-frame indices of end-diastole / end-systole; None takes them from the input (ACDC
+            Info.cfg, study.json) or else from the LV volume curve (max / min).
+        batch_size: slices (2-D model) or frames (3-D model) per forward pass.
+        amp: bf16 autocast.
+        progress: show a progress bar.
+    """
+    import torch
+
+    view = study.view(SAX)
+    with torch.no_grad():
+        per_frame = _segment_all_frames(study, model, batch_size, amp, progress)
+    series = label_series(per_frame, view.n_frames)
+    curves = volume_curves(series, view.spacing)
+    ed, es, source = _ed_es(study, curves["lv"], ed, es)
+    metrics: dict[str, Any] = cardiac_metrics(curves, ed, es)
+    metrics["qc_warnings"] = quality_warnings(series, ed, es, metrics)
+    notes = [CONFIDENCE_NOT_AVAILABLE]
+    disease, disease_note = disease_probabilities(study, series)
+    landmarks, landmark_note = mitral_valve_landmarks(study)
+    notes += [n for n, value in ((disease_note, disease), (landmark_note, landmarks)) if value is None]
+    model_name = Path(str(getattr(model, "source", "") or "model")).name
+    times = view.frame_times_ms
+    metrics.update(
+        {
+            "ed_es_source": source,
+            "ed_time_ms": None if times is None else round(times[ed], 1),
+            "es_time_ms": None if times is None else round(times[es], 1),
+            "lv_myo_ed_ml": round(float(curves["myo"][ed]), 3),
+            "disease_probabilities": disease,
+            "mitral_valve_landmarks": landmarks,
+            "mapse_mm": None,
+            "qc_not_checked": [CONFIDENCE_NOT_AVAILABLE],
+            "model": model_name,
+            "n_frames": view.n_frames,
+        }
+    )
+    if view.frame_indices is not None:
+        metrics["ed_acquisition_frame"] = view.frame_indices[ed]
+        metrics["es_acquisition_frame"] = view.frame_indices[es]
+    return Analysis(study=study, labels=series, curves=curves, metrics=metrics, notes=notes)
+
+
+def volumes_csv(analysis: Analysis) -> str:
+    """One row per stored frame: frame, time, LV / RV / myocardium volume (ml), and the ED/ES phase mark."""
+    view = analysis.study.view(SAX)
+    ed, es = analysis.metrics["ed_frame"], analysis.metrics["es_frame"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["frame", "time_ms", "lv_ml", "rv_ml", "myo_ml", "phase"])
+    for f in range(view.n_frames):
+        time = "" if view.frame_times_ms is None else f"{view.frame_times_ms[f]:.1f}"
+        phase = "/".join(p for p, frame in (("ED", ed), ("ES", es)) if frame == f)
+        values = [f"{analysis.curves[k][f]:.3f}" for k in ("lv", "rv", "myo")]
+        writer.writerow([f, time, *values, phase])
+    return buffer.getvalue()
+
+
+def report_html(analysis: Analysis) -> tuple[str, bytes]:
+    """(report.html text, cine_overlay.gif bytes)."""
+    from cinema.analysis.report import (
+        cine_gif_bytes,
+        heart_box,
+        mid_ventricular_slice,
+        render_report_html,
+        slice_grid_png,
+        volume_plot_png,
+    )
+
+    view = analysis.study.view(SAX)
+    metrics = analysis.metrics
+    ed, es = metrics["ed_frame"], metrics["es_frame"]
+    box = heart_box(analysis.labels)
+    ed_png = slice_grid_png(view.frame(ed), analysis.labels[..., ed], view.spacing, box, f"ED, frame {ed}")
+    es_png = None
+    if es != ed:
+        es_png = slice_grid_png(view.frame(es), analysis.labels[..., es], view.spacing, box, f"ES, frame {es}")
+    times = view.frame_times_ms if view.n_frames > 1 else None
+    volume_png = volume_plot_png(analysis.curves, ed, es, times)
+    frame_ms = float(np.median(np.diff(times))) if times is not None else 80.0
+    gif = cine_gif_bytes(
+        view.image, analysis.labels, view.spacing, mid_ventricular_slice(analysis.labels, ed), frame_ms=frame_ms
+    )
+    summary = input_summary(analysis.study, metrics.get("model", ""), metrics.get("ed_es_source", ""))
+    text = render_report_html(
+        metrics=metrics,
+        input_summary=summary,
+        volume_png=volume_png,
+        ed_png=ed_png,
+        es_png=es_png,
+        gif=gif if view.n_frames > 1 else None,
+        not_checked=[n for n in analysis.notes if "not checked" in n],
+        not_available=[n for n in analysis.notes if "not checked" not in n],
+    )
+    return text, gif
+
+
+def write_analysis(analysis: Analysis, out_dir: str | Path, *, force: bool = False, spatial_only: bool = False) -> Path:
+    """Write every output into `out_dir` atomically (all files or none); an existing non-empty OUT needs `force`.
+
+    Args:
+        spatial_only: write ``seg_sax.nii.gz`` as 3-D (the input was one 3-D NIfTI frame).
+    """
+    from cinema.io import write_label_nifti
+    from cinema.io.atomic import atomic_directory
+
+    out_dir = Path(out_dir)
+    view = analysis.study.view(SAX)
+    labels = analysis.labels[..., 0] if spatial_only else analysis.labels
+    html_text, gif = report_html(analysis)
+    with atomic_directory(out_dir, force=force) as tmp:
+        write_label_nifti(labels, view.affine, tmp / "seg_sax.nii.gz")
+        (tmp / "volumes.csv").write_text(volumes_csv(analysis), encoding="utf-8")
+        (tmp / "metrics.json").write_text(
+            json.dumps(analysis.metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
+        (tmp / "report.html").write_text(html_text, encoding="utf-8")
+        (tmp / "cine_overlay.gif").write_bytes(gif)
+    return out_dir
+
+
+def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """A few console lines with the headline numbers and the QC warnings."""
+
+    def fmt(key: str, unit: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{value:.1f} {unit}"
+
+    lines = [
+        f"ED frame {metrics['ed_frame']}, ES frame {metrics['es_frame']} ({metrics.get('ed_es_source', '')})",
+        f"LV: EDV {fmt('lv_edv_ml', 'ml')}, ESV {fmt('lv_esv_ml', 'ml')}, SV {fmt('lv_sv_ml', 'ml')}, "
+        f"EF {fmt('lv_ef_pct', '%')}, mass {fmt('lv_mass_g', 'g')}",
+        f"RV: EDV {fmt('rv_edv_ml', 'ml')}, ESV {fmt('rv_esv_ml', 'ml')}, SV {fmt('rv_sv_ml', 'ml')}, "
+        f"EF {fmt('rv_ef_pct', '%')}",
+    ]
+    warnings: Sequence[str] = metrics.get("qc_warnings", [])
+    lines += [f"QC: {w}" for w in warnings] or ["QC: no warnings"]
+    return lines

@@ -1,0 +1,254 @@
+"""Human-readable outputs of `cinema analyze`: a self-contained HTML report and an animated overlay GIF.
+
+Images are drawn in the stored voxel order with x across and y down, which is the scanner's own display for DICOM
+input (x = column, y = row). Overlays use the Okabe-Ito colour-blind-safe palette. The report only shows
+whitelisted, non-identifying fields of the input (grid, timing, scanner model), never names, IDs, dates or paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["COLOURS", "cine_gif_bytes", "heart_box", "overlay_rgb", "render_report_html", "volume_plot_png"]
+
+# label -> RGB: RV blue, myocardium bluish green, LV vermillion
+COLOURS = {1: (0, 114, 178), 2: (0, 158, 115), 3: (213, 94, 0)}
+ALPHA = 0.45
+LABEL_TEXT = {1: "RV", 2: "MYO", 3: "LV"}
+
+
+def _window(image: np.ndarray) -> tuple[float, float]:
+    """Display window from the 1st-99.5th percentiles, robust to a few very bright voxels."""
+    low, high = np.percentile(image, [1.0, 99.5])
+    return float(low), float(max(high, low + 1e-6))
+
+
+def overlay_rgb(image: np.ndarray, labels: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """(Y, X, 3) uint8 picture of an (X, Y) image with its (X, Y) labels blended on top."""
+    low, high = window or _window(image)
+    gray = np.clip((np.asarray(image, dtype=np.float32) - low) / (high - low), 0.0, 1.0).T * 255.0
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    labels_t = np.asarray(labels).T
+    for value, colour in COLOURS.items():
+        mask = labels_t == value
+        rgb[mask] = (1.0 - ALPHA) * rgb[mask] + ALPHA * np.asarray(colour, dtype=np.float32)
+    return rgb.round().astype(np.uint8)
+
+
+def heart_box(series: np.ndarray, margin: int = 12) -> tuple[slice, slice]:
+    """In-plane (x, y) crop around every labelled voxel of an (X, Y, ...) label array; the whole plane when empty."""
+    found = np.asarray(series).reshape(series.shape[0], series.shape[1], -1).any(axis=-1)
+    if not found.any():
+        return slice(0, series.shape[0]), slice(0, series.shape[1])
+    xs, ys = np.flatnonzero(found.any(axis=1)), np.flatnonzero(found.any(axis=0))
+    # a square box keeps tiles the same size across slices and phases
+    half = max(xs[-1] - xs[0], ys[-1] - ys[0]) // 2 + margin
+    centre = ((xs[0] + xs[-1]) // 2, (ys[0] + ys[-1]) // 2)
+    bounds = [
+        slice(max(0, c - half), min(size, c + half + 1)) for c, size in zip(centre, series.shape[:2], strict=True)
+    ]
+    return bounds[0], bounds[1]
+
+
+def _figure_png(figure: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def slice_grid_png(
+    image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], box: tuple[slice, slice], title: str
+) -> bytes:
+    """PNG of every slice of an (X, Y, Z) frame, image beside overlay would double the size: overlay only, numbered."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_slices = image.shape[2]
+    columns = min(n_slices, 6)
+    rows = int(np.ceil(n_slices / columns))
+    window = _window(image[box[0], box[1]])
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.3 * rows + 0.4), squeeze=False)
+    for z, axis in enumerate(axes.ravel()):
+        axis.axis("off")
+        if z >= n_slices:
+            continue
+        axis.imshow(
+            overlay_rgb(image[box[0], box[1], z], labels[box[0], box[1], z], window),
+            aspect=float(spacing[1]) / float(spacing[0]),
+            interpolation="nearest",
+        )
+        axis.set_title(f"slice {z + 1}", fontsize=9)
+    figure.suptitle(title, fontsize=11)
+    return _figure_png(figure)
+
+
+def volume_plot_png(
+    curves: Mapping[str, np.ndarray], ed: int, es: int, times_ms: Sequence[float] | None = None
+) -> bytes:
+    """PNG of the LV, RV and myocardial volume-time curves with ED and ES marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_frames = len(curves["lv"])
+    x = np.asarray(times_ms, dtype=float) if times_ms is not None else np.arange(n_frames, dtype=float)
+    figure, axis = plt.subplots(figsize=(7.0, 3.6))
+    for name, value in (("lv", 3), ("rv", 1), ("myo", 2)):
+        colour = np.asarray(COLOURS[value]) / 255.0
+        axis.plot(x, curves[name], marker="o", markersize=3, color=colour, label=LABEL_TEXT[value])
+    for frame, text in ((ed, "ED"), (es, "ES")):
+        axis.axvline(x[frame], color="0.4", linestyle="--", linewidth=1)
+        axis.annotate(text, (x[frame], axis.get_ylim()[1]), ha="center", va="bottom", fontsize=9)
+    axis.set_xlabel("time after R wave (ms)" if times_ms is not None else "frame")
+    axis.set_ylabel("volume (ml)")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return _figure_png(figure)
+
+
+def mid_ventricular_slice(series: np.ndarray, ed: int) -> int:
+    """The slice halfway between the first and last slice holding LV at ED (the stack middle if none)."""
+    present = np.flatnonzero((series[..., ed] == 3).any(axis=(0, 1)))
+    if present.size == 0:
+        return series.shape[2] // 2
+    return int((present[0] + present[-1]) // 2)
+
+
+def cine_gif_bytes(
+    image: np.ndarray,
+    series: np.ndarray,
+    spacing: Sequence[float],
+    slice_index: int,
+    frame_ms: float = 60.0,
+    size: int = 240,
+) -> bytes:
+    """Animated GIF of one slice over time: the image on the left, the same with labels on the right.
+
+    Args:
+        image: (X, Y, Z, T) intensities; series: (X, Y, Z, T) labels.
+        spacing: voxel size (x, y, ...) in mm, to keep the anatomy's aspect ratio.
+        slice_index: which slice to animate.
+        frame_ms: display time of each frame.
+        size: height of each panel in pixels.
+    """
+    from PIL import Image
+
+    box = heart_box(series[:, :, slice_index], margin=16)
+    planes = image[box[0], box[1], slice_index]
+    window = _window(planes)
+    height = size
+    width = max(1, round(size * (planes.shape[0] * spacing[0]) / (planes.shape[1] * spacing[1])))
+    frames = []
+    for t in range(image.shape[3]):
+        raw = overlay_rgb(planes[..., t], np.zeros_like(series[box[0], box[1], slice_index, t]), window)
+        blended = overlay_rgb(planes[..., t], series[box[0], box[1], slice_index, t], window)
+        pair = np.concatenate([raw, np.full((raw.shape[0], 2, 3), 255, np.uint8), blended], axis=1)
+        frames.append(Image.fromarray(pair).resize((2 * width + 4, height), Image.Resampling.NEAREST))
+    buffer = io.BytesIO()
+    frames[0].save(
+        buffer, format="GIF", save_all=True, append_images=frames[1:], duration=int(frame_ms), loop=0, optimize=False
+    )
+    return buffer.getvalue()
+
+
+def _img(data: bytes, mime: str, alt: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    return f"{float(value):.{digits}f}{(' ' + unit) if unit else ''}"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0}th,td{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}
+th{font-weight:600;color:#444}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.warn{background:#fff4e5;border-left:4px solid #e69f00;padding:.4em .8em;margin:.3em 0}
+.ok{background:#eef8f1;border-left:4px solid #009e73;padding:.4em .8em}
+.note{color:#666;font-size:.9em}img{max-width:100%}
+.legend span{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:middle}
+"""
+
+
+def render_report_html(
+    *,
+    metrics: Mapping[str, Any],
+    input_summary: Sequence[tuple[str, str]],
+    volume_png: bytes,
+    ed_png: bytes,
+    es_png: bytes | None,
+    gif: bytes | None,
+    not_checked: Sequence[str] = (),
+    not_available: Sequence[str] = (),
+) -> str:
+    """The report as one HTML string with every picture embedded (base64), readable offline and by e-mail."""
+    from cinema import __version__
+
+    ed, es = metrics["ed_frame"], metrics["es_frame"]
+    rows = [
+        ("LV end-diastolic volume (LVEDV)", _fmt(metrics["lv_edv_ml"], "ml")),
+        ("LV end-systolic volume (LVESV)", _fmt(metrics["lv_esv_ml"], "ml")),
+        ("LV stroke volume (LVSV)", _fmt(metrics["lv_sv_ml"], "ml")),
+        ("LV ejection fraction (LVEF)", _fmt(metrics["lv_ef_pct"], "%")),
+        ("RV end-diastolic volume (RVEDV)", _fmt(metrics["rv_edv_ml"], "ml")),
+        ("RV end-systolic volume (RVESV)", _fmt(metrics["rv_esv_ml"], "ml")),
+        ("RV stroke volume (RVSV)", _fmt(metrics["rv_sv_ml"], "ml")),
+        ("RV ejection fraction (RVEF)", _fmt(metrics["rv_ef_pct"], "%")),
+        ("LV mass at ED (1.05 g/ml)", _fmt(metrics["lv_mass_g"], "g")),
+        ("ED frame (0-based)", str(ed)),
+        ("ES frame (0-based)", str(es)),
+    ]
+    metric_rows = "".join(f"<tr><th>{html.escape(k)}</th><td class=num>{html.escape(v)}</td></tr>" for k, v in rows)
+    warnings = list(metrics.get("qc_warnings", []))
+    if warnings:
+        qc = "".join(f'<div class="warn">{html.escape(w)}</div>' for w in warnings)
+    else:
+        qc = '<div class="ok">No quality-control warnings.</div>'
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*not_checked, *not_available])
+    legend = "".join(f'<span style="background:rgb{COLOURS[v]}"></span>{LABEL_TEXT[v]}' for v in (3, 2, 1))
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        "<meta name=viewport content='width=device-width,initial-scale=1'>",
+        f"<title>CineMA cine analysis</title><style>{_CSS}</style></head><body>",
+        "<h1>CineMA cine analysis</h1>",
+        f'<p class="note">cinema {html.escape(__version__)} &middot; automatic segmentation, research use only, '
+        "not a medical device: review the overlays before trusting the numbers.</p>",
+        "<h2>Measurements</h2>",
+        f"<table>{metric_rows}</table>",
+        "<h2>Quality control</h2>",
+        qc,
+        f'<ul class="note">{notes}</ul>' if notes else "",
+        "<h2>Volume&ndash;time curves</h2>",
+        _img(volume_png, "image/png", "volume-time curves"),
+        f'<h2>Segmentation at ED (frame {ed})</h2><p class="legend">{legend}</p>',
+        _img(ed_png, "image/png", "ED overlays"),
+    ]
+    if es_png is not None:
+        parts += [f"<h2>Segmentation at ES (frame {es})</h2>", _img(es_png, "image/png", "ES overlays")]
+    if gif is not None:
+        parts += ["<h2>Cine, mid-ventricular slice</h2>", _img(gif, "image/gif", "cine overlay")]
+    parts += ["<h2>Input</h2>", _table(input_summary), "</body></html>"]
+    return "\n".join(parts)

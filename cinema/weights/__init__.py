@@ -1,0 +1,25 @@
+"""Weights shipped inside the package (package data), found without any download.
+
+``sax_segmentation`` -> ``sax_segmentation_unet2d/``: the default short-axis segmentation model of
+``cinema segment`` (config.yaml + model.safetensors + recipe.json with the exact training recipe, data split, device
+and validation numbers; reproduce with ``scripts/train_default_segmentation.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["SHIPPED_WEIGHTS", "default_weights_dir"]
+
+# name -> folder next to this file
+SHIPPED_WEIGHTS = {"sax_segmentation": "sax_segmentation_unet2d"}
+
+
+def default_weights_dir(name: str = "sax_segmentation") -> Path:
+    """Folder of the shipped weights called ``name``; FileNotFoundError when the package was installed without them."""
+    if name not in SHIPPED_WEIGHTS:
+        raise ValueError(f"no shipped weights called {name!r}; available: {', '.join(sorted(SHIPPED_WEIGHTS))}")
+    folder = Path(__file__).resolve().parent / SHIPPED_WEIGHTS[name]
+    if not (folder / "config.yaml").is_file() or not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"shipped weights {name!r} are missing from {folder} (reinstall the package)")
+    return folder

@@ -1,0 +1,121 @@
+"""Package a finished default-segmentation run as the shipped weights, with its recipe and validation numbers.
+
+Usage: python scripts/package_default_segmentation.py RUN_DIR TRAIN_LOG
+
+Writes ``cinema/weights/sax_segmentation_unet2d/``: ``config.yaml``, ``model.safetensors`` (fp16 storage; loads as
+fp32) and ``recipe.json`` (training config, split, seed, device, epochs, wall time, torch version, and the validation
+numbers of the full inference pipeline with the fp32 run weights and with the fp16 package, without and with
+largest-component post-processing).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from segment import evaluate_patients  # noqa: E402  (benchmarks/segment.py)
+
+from cinema.analysis.segment import load_segmentation_model  # noqa: E402
+
+TARGET = REPO_ROOT / "cinema" / "weights" / "sax_segmentation_unet2d"
+CI_PATIENTS = ("patient012", "patient043", "patient081")  # tests/test_segment.py
+
+
+def _cpu() -> str:
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+    amx = " with AMX" if "amx_bf16" in flags else ""
+    return f"{os.cpu_count()}-core CPU ({names[0] if names else 'unknown'}{amx})"
+
+
+def _wall_seconds(log: Path) -> float | None:
+    match = re.search(r"done: .* (\d+) s wall", log.read_text())
+    return float(match.group(1)) if match else None
+
+
+def main(run_dir: Path, log: Path) -> None:
+    torch.set_num_threads(1)
+    acdc = REPO_ROOT.parent / "shared" / "data" / "acdc"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    splits = json.loads((run_dir / "splits.json").read_text())
+    with open(run_dir / "val_log.csv") as f:
+        val_log = list(csv.DictReader(f))
+    best = max(val_log, key=lambda row: float(row["mean_dice"]))
+
+    tmp = TARGET.with_name(f".{TARGET.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(run_dir / "model" / "config.yaml", tmp / "config.yaml")
+    state = load_file(str(run_dir / "model" / "model.safetensors"))
+    save_file({k: v.half().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+
+    folders = [acdc / i for i in splits["val"]]
+    fp32 = evaluate_patients(load_segmentation_model(run_dir / "model"), folders)
+    fp16 = evaluate_patients(load_segmentation_model(tmp), folders)
+    ci = {
+        row["id"]: {k: v for k, v in row.items() if k.startswith("lcc_dice")}
+        for row in fp16["patients"]
+        if row["id"] in CI_PATIENTS
+    }
+    recipe = {
+        "model": "2-D residual U-Net on SAX slices (cinema.models.unet), 1.5 mm in-plane, 128 x 128 canvas",
+        "n_parameters": sum(v.numel() for v in state.values()),
+        "reproduce": "python scripts/train_default_segmentation.py  (config configs/default_sax_segmentation.yaml)",
+        "data": "shared ACDC copy (80 patients, ED and ES frames with ground truth), nothing else",
+        "split": {
+            "rule": "3 validation patients per ACDC Group (DCM, HCM, MINF, NOR, RV), numpy default_rng(0) "
+            "permutation of each group's sorted patient list; the rest train",
+            "train": splits["train"],
+            "val": splits["val"],
+        },
+        "seed": config["seed"],
+        "device": f"{_cpu()}, 1 torch thread, bf16 autocast, machine shared with other jobs",
+        "torch": torch.__version__,
+        "epochs": int(config["train"]["n_epochs"]),
+        "selected_epoch": int(best["epoch"]),
+        "training_wall_seconds": _wall_seconds(log),
+        "trainer_validation": {k: float(v) for k, v in best.items() if k not in ("epoch", "step")},
+        "validation_pipeline": "cinema.analysis.segment.segment_study on the native grid, label-free heart crop; "
+        "Dice per class averaged over the 15 validation patients; EF from native-grid volumes",
+        "validation_fp32": fp32["summary"],
+        "validation_fp16_shipped": fp16["summary"],
+        "ci_check": ci,
+        "config": config,
+    }
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1))
+    for path in tmp.iterdir():
+        path.chmod(0o644)  # package data readable by every user of an installed package
+    if TARGET.exists():
+        old = TARGET.with_name(f".{TARGET.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(TARGET, old)
+        os.replace(tmp, TARGET)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, TARGET)
+    for name, result in (("fp32", fp32), ("fp16 shipped", fp16)):
+        for variant in ("raw", "lcc"):
+            print(name, variant, json.dumps({k: round(v, 4) for k, v in result["summary"][variant].items()}))
+    print("CI patients", json.dumps(ci, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

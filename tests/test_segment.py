@@ -1,0 +1,189 @@
+"""`cinema segment` and `cinema.analysis.segment`: geometry on any grid, inputs of every kind, errors, and the shipped
+model's Dice on held-out ACDC validation patients."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from dicom_factory import write_cine_series
+
+from cinema.analysis.segment import keep_largest_components, load_segmentation_model, segment_study, segment_view
+from cinema.cli import main
+from cinema.io import read_acdc_patient, read_study
+from cinema.io.study import CineView
+from cinema.metrics import dice_per_class
+from cinema.models.checkpoint import save_model
+from cinema.models.unet import UNet, unet_config
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A small random 2-D slice U-Net in the shipped model's format (1.5 mm, 32 x 32 canvas)."""
+    torch.manual_seed(0)
+    config = unet_config(view="sax", n_dims=2, chans=(4, 8), patch_size=(2, 2), scale_factor=(2, 2), dropout=0.0)
+    config["task"] = "segmentation"
+    config["data"]["sax"] = {"spacing": [1.5, 1.5], "patch_size": [32, 32], "in_chans": 1}
+    model = UNet.from_config(config)
+    folder = tmp_path_factory.mktemp("weights") / "tiny"
+    save_model(model, folder)
+    return folder
+
+
+def _oblique_affine() -> np.ndarray:
+    """Flipped x, rotated in-plane, tilted slices, anisotropic spacing."""
+    angle = np.deg2rad(30.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.1], [np.sin(angle), np.cos(angle), 0.2], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-1.3, 1.7, 7.5])
+    affine[:3, 3] = [40.0, -120.0, 15.0]
+    return affine
+
+
+def _cine(shape=(40, 36, 5, 3)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    image = rng.normal(100.0, 10.0, size=shape).astype(np.float32)
+    # a pulsating bright disc so the motion-based localisation has something to find
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    for t in range(shape[3]):
+        disc = (x - 20) ** 2 + (y - 16) ** 2 < (6 + 2 * t) ** 2
+        image[disc, :, t] += 300.0
+    return image
+
+
+def test_keep_largest_components_removes_only_smaller_islands():
+    labels = np.zeros((20, 20, 3), dtype=np.uint8)
+    labels[2:8, 2:8, :] = 1  # 108 voxels
+    labels[15:17, 15:17, 1] = 1  # island of 4
+    labels[10:12, 2:5, 0] = 2  # single MYO component
+    out = keep_largest_components(labels)
+    assert (out[15:17, 15:17, 1] == 0).all()
+    assert (out[2:8, 2:8, :] == 1).all()
+    assert (out == 2).sum() == 6
+    assert out.dtype == labels.dtype
+    assert labels[15, 15, 1] == 1  # input untouched
+
+
+@pytest.mark.parametrize("four_d", [False, True])
+def test_cli_nifti_output_has_input_shape_and_affine(tmp_path, tiny_weights, four_d):
+    image = _cine()
+    if not four_d:
+        image = image[..., 0]
+    affine = _oblique_affine()
+    source = tmp_path / "exam_sax.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), source)
+    out = tmp_path / "out" / "labels.nii.gz"
+    assert main(["segment", str(source), str(out), "--weights", str(tiny_weights)]) == 0
+    written = nib.load(out)
+    assert written.shape == image.shape
+    assert np.allclose(written.affine, affine, atol=1e-5)
+    assert written.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 3}
+    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary left behind
+
+
+def test_cli_dicom_folder_matches_the_read_geometry(tmp_path, tiny_weights):
+    exam = tmp_path / "exam"
+    write_cine_series(exam, n_slices=4, n_phases=3, rows=24, columns=20)
+    study = read_study(exam)
+    out = tmp_path / "labels.nii.gz"
+    assert main(["segment", str(exam), str(out), "--weights", str(tiny_weights), "--batch-size", "5"]) == 0
+    written = nib.load(out)
+    assert written.shape == study.sax.image.shape
+    assert np.allclose(written.affine, study.sax.affine, atol=1e-5)
+
+
+def test_cli_acdc_folder_writes_every_stored_frame(tmp_path, tiny_weights, acdc_dir):
+    study = read_acdc_patient(acdc_dir / "patient001")
+    out = tmp_path / "patient001_labels.nii.gz"
+    assert main(["segment", str(acdc_dir / "patient001"), str(out), "--weights", str(tiny_weights)]) == 0
+    written = nib.load(out)
+    assert written.shape == (*study.sax.spatial_shape, 2)
+    frame_file = nib.load(acdc_dir / "patient001" / "patient001_frame01.nii.gz")
+    assert np.allclose(written.affine, frame_file.affine, atol=1e-5)
+
+
+def test_segment_view_is_batch_size_independent(tiny_weights):
+    model = load_segmentation_model(tiny_weights)
+    view = CineView(image=_cine(), affine=_oblique_affine())
+    a = segment_view(view, model, center_mm=np.array([40.0, -120.0, 15.0]), batch_size=3, postprocess=False)
+    b = segment_view(view, model, center_mm=np.array([40.0, -120.0, 15.0]), batch_size=64, postprocess=False)
+    assert sorted(a) == [0, 1, 2]
+    for frame in a:
+        assert a[frame].shape == view.spatial_shape
+        assert np.array_equal(a[frame], b[frame])
+
+
+def test_official_convunetr_checkpoint_segments_on_the_native_grid(golden_dir):
+    model = load_segmentation_model(golden_dir / "convunetr_tiny_sax")
+    assert model.n_dims == 3 and model.patch_size == (192, 192, 16) and model.spacing == (1.0, 1.0, 10.0)
+    view = CineView(image=_cine((40, 36, 3, 2)), affine=_oblique_affine())
+    labels = segment_view(view, model, center_mm=np.array([40.0, -120.0, 15.0]))
+    assert sorted(labels) == [0, 1]
+    assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_weights, capsys):
+    source = tmp_path / "exam_sax.nii.gz"
+    nib.save(nib.Nifti1Image(_cine(), np.eye(4)), source)
+    assert main(["segment", str(tmp_path / "missing.nii.gz"), str(tmp_path / "o.nii.gz")]) == 1
+    assert "missing.nii.gz" in capsys.readouterr().err
+    assert main(["segment", str(source), str(tmp_path / "out.png"), "--weights", str(tiny_weights)]) == 1
+    assert ".nii" in capsys.readouterr().err
+    existing = tmp_path / "exists.nii.gz"
+    existing.write_bytes(b"x")
+    assert main(["segment", str(source), str(existing), "--weights", str(tiny_weights)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main(["segment", str(source), str(tmp_path / "o.nii.gz"), "--weights", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.yaml" in err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_non_segmentation_weights_are_rejected(golden_dir):
+    with pytest.raises(ValueError, match="cannot segment"):
+        load_segmentation_model(golden_dir / "convvit_tiny_sax_classification")
+    with pytest.raises(ValueError, match="SAX model"):
+        load_segmentation_model(golden_dir / "convunetr_tiny_lax_4c")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The shipped model on real held-out data
+# ---------------------------------------------------------------------------------------------------------------------
+
+# One validation patient each from three ACDC groups (never seen in training: see recipe.json). The thresholds sit
+# somewhat below what the shipped model measured on them (recipe.json "ci_check").
+CI_PATIENTS = ("patient012", "patient043", "patient081")
+MIN_DICE = {1: 0.75, 2: 0.76, 3: 0.88}  # measured means: RV 0.829, MYO 0.820, LV 0.942
+
+
+@pytest.mark.slow
+def test_shipped_model_dice_on_validation_patients(acdc_dir):
+    from cinema.weights import default_weights_dir
+
+    folder = default_weights_dir("sax_segmentation")
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert set(CI_PATIENTS) <= set(recipe["split"]["val"])
+    assert not set(CI_PATIENTS) & set(recipe["split"]["train"])
+    model = load_segmentation_model()
+    scores: dict[int, list[float]] = {1: [], 2: [], 3: []}
+    for patient in CI_PATIENTS:
+        study = read_acdc_patient(acdc_dir / patient)
+        labels = segment_study(study, model)
+        for frame in (study.ed_frame, study.es_frame):
+            assert labels[frame].shape == study.sax.spatial_shape
+            for label, value in dice_per_class(labels[frame], study.sax.labels[frame]).items():
+                scores[label].append(value)
+    means = {label: float(np.mean(values)) for label, values in scores.items()}
+    for label, threshold in MIN_DICE.items():
+        assert means[label] >= threshold, f"class {label}: mean Dice {means[label]:.3f} < {threshold}"
+
+    # one frame alone has no motion to locate the heart: the network's whole-field search must find it
+    ed = study.ed_frame
+    single = CineView(image=study.sax.image[..., ed : ed + 1], affine=study.sax.affine, source="single frame")
+    alone = segment_view(single, model)[0]
+    dice = dice_per_class(alone, study.sax.labels[ed])
+    assert dice[3] >= MIN_DICE[3] and dice[2] >= MIN_DICE[2], dice
