@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise CinemaError(f"{out}: OUT must not be the study itself or inside it")
 
-
     from cinema.analysis.segment import load_segmentation_model
     from cinema.io import read_study
     from cinema.io.datasets import nifti_shape

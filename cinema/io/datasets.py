@@ -25,7 +25,8 @@ MNMS_TO_CINEMA_LABELS = np.array([0, 3, 2, 1], dtype=np.uint8)
 _ACDC_FRAME = re.compile(r"^(?P<pid>.+)_frame(?P<frame>\d+)\.nii(\.gz)?$")
 
 
-def _parse_number(text: str) -> Any:
+def parse_number(text: str) -> Any:
+    """A CSV or Info.cfg value as int, else float, else the stripped text."""
     text = text.strip()
     for cast in (int, float):
         try:
@@ -165,7 +166,7 @@ def read_mnms_table(csv_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         code = (row.get("External code") or row.get("pid") or "").strip()
         if not code:
             raise ValueError(f"{csv_path}: a row has no 'External code' (subject) value")
-        table[code] = {k: _parse_number(v) for k, v in row.items() if k and k.strip() and v not in (None, "")}
+        table[code] = {k: parse_number(v) for k, v in row.items() if k and k.strip() and v not in (None, "")}
     return table
 
 
@@ -358,7 +359,7 @@ def read_manifest_row(row: dict[str, str], base_dir: str | os.PathLike, where: s
         )
     if not views:
         raise ValueError(f"{where}: row has no image column (path, sax, lax_2c, lax_3c, lax_4c)")
-    metadata.update({k: _parse_number(v) for k, v in row.items() if k not in used and v != ""})
+    metadata.update({k: parse_number(v) for k, v in row.items() if k not in used and v != ""})
     if study_id:
         metadata["study_id"] = study_id
     return Study(views=views, ed_frame=ed_frame, es_frame=es_frame, metadata=metadata, source=where)

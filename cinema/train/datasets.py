@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from cinema.io.datasets import parse_number
 from cinema.io.study import CineView, Study
 from cinema.train.augment import crop_or_pad
 from cinema.train.config import FinetuneConfig, resolve_path
@@ -113,23 +114,13 @@ def _manifest_entries(path: Path) -> list[Entry]:
     for number, row in enumerate(rows, start=2):
         where = f"{path}:{number}"
         study_id = (row.get("id") or "").strip() or f"row{number - 1:04d}"
-        meta = {k.strip(): _parse(v) for k, v in row.items() if k and (v or "").strip() != ""}
+        meta = {k.strip(): parse_number(v) for k, v in row.items() if k and (v or "").strip() != ""}
         entries.append(Entry(study_id, meta, lambda r=row, w=where: read_manifest_row(r, path.parent, w), where))
     ids = [e.id for e in entries]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"{path}: duplicate study ids {duplicates[:5]}")
     return entries
-
-
-def _parse(text: str) -> Any:
-    text = text.strip()
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def list_entries(config: FinetuneConfig) -> list[Entry]:
