@@ -52,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CinemaError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-
     from cinema.analysis.segment import load_segmentation_model, segment_study
     from cinema.io import read_study, write_label_nifti
     from cinema.io.datasets import nifti_shape
