@@ -76,7 +76,8 @@ def main(run_dir: Path, log: Path) -> None:
     recipe = {
         "model": "2-D residual U-Net on SAX slices (cinema.models.unet), 1.5 mm in-plane, 128 x 128 canvas",
         "n_parameters": sum(v.numel() for v in state.values()),
-        "reproduce": "python scripts/train_default_segmentation.py  (config configs/default_sax_segmentation.yaml)",
+        "reproduce": "CINEMA_THREADS=2 python scripts/train_default_segmentation.py  (config "
+        "configs/default_sax_segmentation.yaml), then python scripts/package_default_segmentation.py RUN_DIR TRAIN_LOG",
         "data": "shared ACDC copy (80 patients, ED and ES frames with ground truth), nothing else",
         "split": {
             "rule": "3 validation patients per ACDC Group (DCM, HCM, MINF, NOR, RV), numpy default_rng(0) "
@@ -85,7 +86,9 @@ def main(run_dir: Path, log: Path) -> None:
             "val": splits["val"],
         },
         "seed": config["seed"],
-        "device": f"{_cpu()}, 1 torch thread, bf16 autocast, machine shared with other jobs",
+        # how the run was trained (scripts/train_default_segmentation.py reads the same variables)
+        "device": f"{_cpu()}, {os.environ.get('CINEMA_THREADS', '1')} torch thread(s), bf16 autocast"
+        + (f", {os.environ['CINEMA_TRAIN_NOTE']}" if os.environ.get("CINEMA_TRAIN_NOTE") else ""),
         "torch": torch.__version__,
         "epochs": int(config["train"]["n_epochs"]),
         "selected_epoch": int(best["epoch"]),

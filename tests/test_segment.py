@@ -157,7 +157,7 @@ def test_non_segmentation_weights_are_rejected(golden_dir):
 # One validation patient each from three ACDC groups (never seen in training: see recipe.json). The thresholds sit
 # somewhat below what the shipped model measured on them (recipe.json "ci_check").
 CI_PATIENTS = ("patient012", "patient043", "patient081")
-MIN_DICE = {1: 0.75, 2: 0.76, 3: 0.88}  # measured means: RV 0.829, MYO 0.820, LV 0.942
+MIN_DICE = {1: 0.77, 2: 0.80, 3: 0.90}  # measured means: RV 0.828, MYO 0.856, LV 0.953
 
 
 @pytest.mark.slow
