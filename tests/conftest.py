@@ -47,3 +47,13 @@ def preprocessed_dir() -> Path:
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return _require(Path(os.environ.get("CINEMA_GOLDEN_DIR", SHARED_DIR / "golden")))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs
+    a lot. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -36,15 +36,9 @@ from cinema.metrics import hausdorff_mm
 from cinema.train.config import config_from_dict
 from cinema.train.trainer import Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FUNCTION = ("lv_edv", "lv_esv", "lv_ef", "rv_edv", "rv_esv", "rv_ef", "lv_mass")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(values: dict) -> Path:

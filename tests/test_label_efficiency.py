@@ -15,6 +15,8 @@ from test_train_data import acdc_data, tiny_config
 
 from cinema.models.checkpoint import build_model, save_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "label_efficiency.py"
 
 
@@ -24,14 +26,6 @@ def label_efficiency():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _sweep_config(acdc_dir: Path, tmp_path: Path) -> Path:

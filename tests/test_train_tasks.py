@@ -28,14 +28,7 @@ from cinema.train.config import config_from_dict
 from cinema.train.runlog import read_csv_log
 from cinema.train.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(values: dict, *overrides: str) -> tuple[Trainer, object]:

@@ -17,13 +17,7 @@ from cinema.train.config import config_from_dict
 from cinema.train.runlog import read_csv_log
 from cinema.train.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
