@@ -27,6 +27,7 @@ logits put the class axis first: (C, spatial..., trailing...).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -100,14 +101,7 @@ class ModelSpaceTransform:
 
     def valid_mask(self) -> np.ndarray:
         """Boolean mask of the model grid: True where the voxel lies inside the native image (not padding)."""
-        mask = np.ones(self.model_shape, dtype=bool)
-        for axis in range(self.n_spatial):
-            coords = self._axis_coords(axis)
-            inside = (coords >= -0.5) & (coords <= self.native_shape[axis] - 0.5)
-            shape = [1] * self.n_spatial
-            shape[axis] = -1
-            mask &= inside.reshape(shape)
-        return mask
+        return _inside_mask(self.model_shape, self._axis_coords, self.native_shape)
 
     def _axis_coords(self, axis: int) -> np.ndarray:
         return self.scale[axis] * np.arange(self.model_shape[axis]) + self.offset[axis]
@@ -448,13 +442,20 @@ def from_model_space(
 
 def _native_inside_mask(transform: ModelSpaceTransform) -> np.ndarray:
     """Native voxels whose centres fall inside the model grid."""
-    mask = np.ones(transform.native_shape, dtype=bool)
-    for axis in range(transform.n_spatial):
-        coords = transform._axis_inverse_coords(axis)
-        inside = (coords >= -0.5) & (coords <= transform.model_shape[axis] - 0.5)
-        shape = [1] * transform.n_spatial
-        shape[axis] = -1
-        mask &= inside.reshape(shape)
+    return _inside_mask(transform.native_shape, transform._axis_inverse_coords, transform.model_shape)
+
+
+def _inside_mask(
+    shape: tuple[int, ...], axis_coords: Callable[[int], np.ndarray], other_shape: tuple[int, ...]
+) -> np.ndarray:
+    """Voxels of a grid of `shape` whose centres, at `axis_coords(axis)` in the other grid, lie inside that grid."""
+    mask = np.ones(shape, dtype=bool)
+    for axis in range(len(shape)):
+        coords = axis_coords(axis)
+        inside = (coords >= -0.5) & (coords <= other_shape[axis] - 0.5)
+        broadcast = [1] * len(shape)
+        broadcast[axis] = -1
+        mask &= inside.reshape(broadcast)
     return mask
 
 
