@@ -27,13 +27,20 @@ __all__ = ["CineMA", "DecoderEmbedding", "random_token_mask"]
 
 
 def random_token_mask(
-    batch: int, n_tokens: int, mask_ratio: float, device: torch.device | str | None = None
+    batch: int,
+    n_tokens: int,
+    mask_ratio: float,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """(B, N) bool, True = masked: per sample, the ``int(N·(1−ratio))`` tokens with the smallest noise are kept."""
+    """(B, N) bool, True = masked: per sample, the ``int(N·(1−ratio))`` tokens with the smallest noise are kept.
+
+    ``generator`` draws the noise from a given stream (pre-training draws each sample's mask from its own seed).
+    """
     if not 0.0 <= mask_ratio <= 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
     n_keep = int(n_tokens * (1 - mask_ratio))
-    noise = torch.rand(batch, n_tokens, device=device)
+    noise = torch.rand(batch, n_tokens, device=device, generator=generator)
     keep = noise.argsort(dim=1)[:, :n_keep]
     mask = torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
     return mask.scatter_(1, keep, False)

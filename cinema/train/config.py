@@ -55,6 +55,9 @@ def _required() -> Any:
     return field(default=_MISSING)
 
 
+required = _required  # for other config formats built with `build_dataclass`
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------------------------------------------------
@@ -448,6 +451,30 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def build_dataclass(cls: type, values: dict[str, Any], overrides: list[str] | None = None) -> Any:
+    """Any config dataclass from a dict plus dotted overrides; unknown, missing and mistyped keys raise ValueError.
+
+    The shared machinery of every config format (fine-tuning here, pre-training in `cinema.train.pretrain_config`).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"a config must be a mapping at the top level, got {type(values).__name__}")
+    if overrides:
+        values = _merge(values, parse_overrides(overrides))
+    return _build(cls, values)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping of a config file (errors name the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from err
+    return values or {}
+
+
 def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None) -> FinetuneConfig:
     """Parse and validate a config dict (plus dotted overrides)."""
     if not isinstance(values, dict):
@@ -464,19 +491,14 @@ def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None)
 def load_config(path: str | Path, overrides: list[str] | None = None) -> FinetuneConfig:
     """Read a YAML config file, apply ``key=value`` overrides, validate; errors name the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    values = read_yaml_mapping(path)
     try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from err
-    try:
-        return config_from_dict(values or {}, overrides)
+        return config_from_dict(values, overrides)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
 
 
-def save_config(config: FinetuneConfig, path: str | Path) -> None:
+def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -46,6 +46,7 @@ from cinema.train.config import FinetuneConfig, resolve_path, save_config
 from cinema.train.datasets import build_datasets, derive_seed
 from cinema.train.optim import EarlyStopping, lr_at, param_groups
 from cinema.train.runlog import CsvLog, TensorBoard
+from cinema.train.state import save_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +74,6 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[full] = value
     return flat
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -252,7 +247,7 @@ class Trainer:
             "epoch": next_epoch,
             "global_step": self.global_step,
         }
-        _save_atomic(state, self.output_dir / CHECKPOINT)
+        save_atomic(state, self.output_dir / CHECKPOINT)
 
     def _save_model(self) -> None:
         from cinema.models.checkpoint import save_model
