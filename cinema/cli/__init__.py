@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "convert": "cinema.cli.convert",
     "finetune": "cinema.cli.finetune",
     "evaluate": "cinema.cli.evaluate",
+    "serve": "cinema.cli.serve",
 }
 
 
