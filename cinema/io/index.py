@@ -84,9 +84,9 @@ def _dicom_study_uid(path: Path) -> str:
         with warnings.catch_warnings():  # real headers often break VR rules (UIDs with leading zeros)
             warnings.simplefilter("ignore", UserWarning)
             dataset = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+            return str(dataset.get("StudyInstanceUID", "") or "")
     except Exception as err:  # pydicom raises many types for a damaged file
         raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
-    return str(dataset.get("StudyInstanceUID", "") or "")
 
 
 def _nifti_entries(root: Path, folder: Path, files: list[Path], prefix: str) -> list[dict[str, Any]]:
@@ -196,8 +196,9 @@ def read_index_entry(entry: dict[str, Any]) -> Study:
     """Read the study an index entry describes (errors name the file)."""
     kind = entry.get("kind")
     if kind == "nifti_files":
-        views = {view: _concat_frames([read_nifti_cine(p, view=view) for p in paths], view)
-                 for view, paths in entry["files"].items()}  # fmt: skip
+        views = {}
+        for view, paths in entry["files"].items():
+            views[view] = _concat_frames([read_nifti_cine(p, view=view) for p in paths], view)
         return Study(views=views, metadata={"source_format": "nifti"}, source=entry["path"])
     if kind in ("acdc", "mnms", "study_folder", "dicom", "nifti"):
         return read_study(entry["path"])

@@ -1,0 +1,491 @@
+"""CineMA MAE pre-training: one process, or many under ``torchrun`` (env:// rendezvous, so multi-node is unchanged).
+
+    cinema pretrain configs/pretrain_tiny.yaml                               # one process
+    torchrun --nproc_per_node 8 -m cinema.cli pretrain configs/pretrain_base.yaml   # one node, 8 GPUs
+
+What one run does, in order (`pretrain`):
+
+1. join the process group if launched by torchrun (NCCL on GPU, gloo on CPU; each rank takes cuda:LOCAL_RANK);
+2. open the data (`cinema.train.pretrain_data`): shards or an index, one random time point per study per epoch;
+3. build the MAE from the seed (identical on every rank), wrap it in DDP, or FSDP for large / huge;
+4. AdamW (0.9, 0.95), weight decay 0.05 except norms and biases, per-step warm-up + cosine lr, bf16 autocast
+   (fp16 with a gradient scaler), clip 5, gradient accumulation up to the global ``train.batch_size``;
+5. every ``checkpoint_every`` steps and at every epoch end, an atomic checkpoint of everything the next step
+   depends on: weights, optimiser, scaler, (epoch, step in epoch) — the lr schedule and the sampler position are
+   functions of these — and each rank's RNG states. Killed at any moment, the run resumes from the last
+   checkpoint and continues with exactly the losses the uninterrupted run would have had (tested in fp32 on CPU);
+6. the model in the official format (``model/``: config.yaml + model.safetensors) every ``save_model_every``
+   epochs and at the end, loadable with `cinema.load_model` and as ``model.init: pretrained`` for fine-tuning.
+
+The loss is the reference's MSE on masked tokens of raw [0, 1] pixels, averaged over a sample's views and then over
+samples (so it splits exactly over micro-batches and ranks); views a study lacks are left out of its average.
+
+Output folder: ``config.yaml``, ``checkpoint.pt``, ``train_log.csv`` (one row per optimiser step), ``model/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cinema.models.mae import CineMA
+from cinema.models.vit import patchify
+from cinema.train.config import resolve_path, save_config
+from cinema.train.datasets import derive_seed
+from cinema.train.optim import lr_at, param_groups
+from cinema.train.pretrain_config import PretrainConfig
+from cinema.train.pretrain_data import GlobalBatchSampler, PretrainDataset, open_source
+from cinema.train.runlog import CsvLog
+from cinema.train.state import rng_state, save_atomic, set_rng_state
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+MODEL_DIR = "model"
+# May change between an interrupted run and its resume without changing the numbers.
+_RESUME_FREE_KEYS = {"progress_bar", "n_workers", "device", "max_steps", "checkpoint_every", "save_model_every"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Processes and devices
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    started_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+def init_distributed(device_name: str = "auto") -> Dist:
+    """One process, or the rank torchrun started (its env:// variables: RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"config key 'train.device' is {device_name!r} but CUDA is not available")
+    if world_size == 1:
+        device = torch.device(device_name if device_name != "auto" else ("cuda" if use_cuda else "cpu"))
+        return Dist(device=device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    started = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
+        started = True
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device, started)
+
+
+def wrap_model(model: nn.Module, config: PretrainConfig, info: Dist) -> tuple[nn.Module, str]:
+    """DDP, or FSDP (per transformer block, then the rest) for large / huge; unwrapped in one process."""
+    if info.world_size == 1:
+        return model, "single"
+    strategy = config.train.strategy
+    if strategy == "auto":
+        strategy = "fsdp" if config.model.size in ("large", "huge") else "ddp"
+    if strategy == "ddp":
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids), "ddp"
+    from torch.distributed.fsdp import fully_shard
+
+    for block in [*model.encoder.blocks, *model.decoder.blocks]:
+        fully_shard(block)
+    fully_shard(model)
+    return model, "fsdp"
+
+
+@contextlib.contextmanager
+def _gradient_sync(model: nn.Module, strategy: str, sync: bool):
+    """Reduce gradients across ranks only on the last micro-batch of an accumulation window."""
+    if strategy == "ddp" and not sync:
+        with model.no_sync():
+            yield
+        return
+    if strategy == "fsdp":
+        model.set_requires_gradient_sync(sync)
+    yield
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One optimiser step
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def masked_loss(
+    model: nn.Module, batch: dict[str, Any], views: list[str], token_sizes: dict[str, tuple[int, ...]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample loss (B,) and per-(sample, view) MSE (B, V) on masked tokens; absent views are left out."""
+    _, preds, masks, _ = model(batch["image"], masks=batch["mask"])
+    per_view = []
+    for view in views:
+        target = patchify(batch["image"][view], token_sizes[view])[masks[view]].view(preds[view].shape)
+        per_view.append((preds[view].float() - target.float()).pow(2).mean(dim=(1, 2)))
+    mse = torch.stack(per_view, dim=1)
+    present = batch["present"].to(mse.dtype)
+    return (mse * present).sum(1) / present.sum(1).clamp(min=1.0), mse.detach() * present
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out = dict(batch)
+    for key in ("image", "mask"):
+        out[key] = {v: t.to(device, non_blocking=True) for v, t in batch[key].items()}
+    out["present"] = batch["present"].to(device)
+    return out
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    micro_batches: list[dict[str, Any]],
+    *,
+    views: list[str],
+    token_sizes: dict[str, tuple[int, ...]],
+    lr: float,
+    clip_grad: float,
+    precision: str,
+    strategy: str,
+    info: Dist,
+) -> dict[str, float]:
+    """Forward/backward over the micro-batches (gradients averaged over the global batch), clip, AdamW step.
+
+    Returns the global batch's mean loss, per-view MSE and the gradient norm before clipping.
+    """
+    n_accum = len(micro_batches)
+    loss_sum = torch.zeros((), device=info.device, dtype=torch.float64)
+    view_sum = torch.zeros(len(views), device=info.device, dtype=torch.float64)
+    view_count = torch.zeros(len(views), device=info.device, dtype=torch.float64)
+    n_samples = torch.zeros((), device=info.device, dtype=torch.float64)
+    for j, batch in enumerate(micro_batches):
+        batch = _to_device(batch, info.device)
+        with _gradient_sync(model, strategy, sync=j == n_accum - 1), _autocast(info.device, precision):
+            per_sample, per_view = masked_loss(model, batch, views, token_sizes)
+            # mean over this micro-batch / n_accum, then DDP / FSDP average over ranks = mean over the global batch
+            scaler.scale(per_sample.mean() / n_accum).backward()
+        loss_sum += per_sample.detach().double().sum()
+        view_sum += per_view.double().sum(0)
+        view_count += batch["present"].double().sum(0)
+        n_samples += per_sample.shape[0]
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor holding the global norm
+        grad_norm = grad_norm.full_tensor()
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    totals = info.sum(torch.cat([loss_sum[None], n_samples[None], view_sum, view_count]))
+    loss = float(totals[0] / totals[1])
+    if not math.isfinite(loss):
+        raise FloatingPointError("non-finite pre-training loss; lower train.lr or check the data")
+    metrics = {"loss": loss, "grad_norm": float(grad_norm)}
+    k = len(views)
+    for i, view in enumerate(views):
+        count = float(totals[2 + k + i])
+        metrics[f"loss_{view}"] = float(totals[2 + i]) / count if count else math.nan
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model, optimiser, checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_mae(config: PretrainConfig) -> CineMA:
+    """The MAE from the seed (so every rank builds the same weights), optionally from earlier MAE weights."""
+    torch.manual_seed(derive_seed(config.seed, 0, 3))
+    model = CineMA(**config.model_kwargs())
+    if config.model.weights is not None:
+        from cinema.models.checkpoint import load_model, load_state_dict_file
+
+        path = resolve_path(config.model.weights)
+        if not path.exists():
+            raise FileNotFoundError(f"config key 'model.weights': {path} does not exist")
+        state = load_model(path).state_dict() if path.is_dir() else load_state_dict_file(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        shaped = [k for k, v in model.state_dict().items() if k in state and state[k].shape != v.shape]
+        if missing or unexpected or shaped:
+            raise ValueError(
+                f"config key 'model.weights': {path} does not fit the configured MAE "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]}, reshaped {shaped[:3]})"
+            )
+    return model
+
+
+def _full_state(model: nn.Module, optimizer: torch.optim.Optimizer, strategy: str) -> tuple[dict, dict]:
+    """Whole (unsharded) model and optimiser state; a collective call under FSDP."""
+    if strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(model, optimizer, options=options)
+    raw = model.module if strategy == "ddp" else model
+    return raw.state_dict(), optimizer.state_dict()
+
+
+def _load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, strategy: str, state: dict) -> None:
+    if strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        options = StateDictOptions(full_state_dict=True)
+        set_state_dict(
+            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=options
+        )
+        return
+    raw = model.module if strategy == "ddp" else model
+    raw.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        flat.update(_flatten(value, full) if isinstance(value, dict) else {full: value})
+    return flat
+
+
+def _check_resumable(saved: dict[str, Any], config: PretrainConfig, strategy: str, path: Path) -> None:
+    old, new = _flatten(saved["config"]), _flatten(config.to_dict())
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    changed = [k for k in changed if k.split(".")[-1] not in _RESUME_FREE_KEYS]
+    if changed:
+        raise ValueError(f"cannot resume {path}: the config differs from the checkpoint's in {changed[:8]}")
+    if (saved["strategy"] == "fsdp") != (strategy == "fsdp"):
+        raise ValueError(f"cannot resume {path}: written with {saved['strategy']}, this run uses {strategy}")
+
+
+def save_official(model: nn.Module, state: dict[str, torch.Tensor], config: PretrainConfig, folder: Path) -> None:
+    """The official format (config.yaml + model.safetensors) from a full state dict."""
+    from cinema.models.checkpoint import save_model
+
+    cpu_model = CineMA(**config.model_kwargs())
+    cpu_model.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+    save_model(cpu_model, folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainResult:
+    output_dir: Path
+    global_step: int
+    epoch: int
+    losses: list[float]  # per optimiser step, this call only
+    model_dir: Path | None
+
+
+def pretrain(
+    config: PretrainConfig,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> PretrainResult:
+    """Run (or, with ``resume`` and a checkpoint in output_dir, continue) pre-training; see the module docstring.
+
+    ``on_step(global_step, metrics)`` is called on every rank after each optimiser step and its checkpoint.
+    """
+    info = init_distributed(config.train.device)
+    try:
+        return _pretrain(config, resume, on_step, info)
+    finally:
+        if info.started_group:
+            dist.destroy_process_group()
+
+
+def _pretrain(
+    config: PretrainConfig, resume: bool, on_step: Callable[[int, dict[str, float]], None] | None, info: Dist
+) -> PretrainResult:
+    cfg, train = config, config.train
+    out = resolve_path(cfg.output_dir)
+    checkpoint_path = out / CHECKPOINT
+    if checkpoint_path.exists() and not resume:
+        raise ValueError(f"{out} already holds a run ({CHECKPOINT}); pass --resume or choose another output_dir")
+    resume = resume and checkpoint_path.exists()
+
+    # data: every rank opens the same source; the sampler hands each rank its part of every global batch
+    source = open_source(cfg)
+    model = build_mae(cfg)
+    views = list(model.views)
+    token_sizes = {v: model.enc_down_dict[v].token_size for v in views}
+    n_tokens = {v: math.prod(model.enc_down_dict[v].grid_size) for v in views}
+    dataset = PretrainDataset(source, cfg, n_tokens)
+    micro = train.batch_size_per_device
+    sampler = GlobalBatchSampler(len(dataset), cfg.seed, train.batch_size, micro, info.rank, info.world_size)
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, num_workers=train.n_workers, pin_memory=info.device.type == "cuda"
+    )
+    steps_per_epoch, n_accum = sampler.steps_per_epoch, sampler.accumulation
+
+    model, strategy = wrap_model(model.to(info.device), cfg, info)
+    optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=train.precision == "fp16")
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    if resume:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        _check_resumable(state, cfg, strategy, checkpoint_path)
+        _load_full_state(model, optimizer, strategy, state)
+        scaler.load_state_dict(state["scaler"])
+        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        if len(state["rng"]) == info.world_size:  # sample randomness is seeded; this covers anything else
+            set_rng_state(state["rng"][info.rank])
+        logger.info("resumed %s at epoch %d, step %d", checkpoint_path, epoch + 1, global_step)
+
+    log = None
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        if not resume:
+            (out / "train_log.csv").unlink(missing_ok=True)
+        log = CsvLog(out / "train_log.csv")
+        log.truncate_after(global_step)  # rows after the checkpoint belong to the interrupted attempt
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info(
+            "%d studies, %d steps/epoch (global batch %d = %d ranks x %d x %d accumulation), %s, "
+            "%d parameters, %s on %s",
+            len(dataset),
+            steps_per_epoch,
+            train.batch_size,
+            info.world_size,
+            micro,
+            n_accum,
+            cfg.model.size,
+            n_params,
+            strategy,
+            info.device,
+        )
+
+    def save_checkpoint() -> None:
+        model_state, optim_state = _full_state(model, optimizer, strategy)
+        rngs = [None] * info.world_size
+        if info.world_size > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if info.is_main:
+            save_atomic(
+                {
+                    "config": cfg.to_dict(),
+                    "strategy": strategy,
+                    "model": model_state,
+                    "optimizer": optim_state,
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "step_in_epoch": step_in_epoch,
+                    "global_step": global_step,
+                    "rng": rngs,
+                },
+                checkpoint_path,
+            )
+        info.barrier()
+
+    def save_model_snapshot() -> Path:
+        model_state, _ = _full_state(model, optimizer, strategy) if strategy == "fsdp" else (None, None)
+        if info.is_main:
+            raw = model.module if strategy == "ddp" else model
+            save_official(raw, model_state if model_state is not None else raw.state_dict(), cfg, out / MODEL_DIR)
+        info.barrier()
+        return out / MODEL_DIR
+
+    losses: list[float] = []
+    model_dir = None
+    max_steps = train.max_steps if train.max_steps is not None else math.inf
+    model.train()
+    while epoch < train.n_epochs and global_step < max_steps:
+        sampler.set_epoch(epoch, step_in_epoch)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=step_in_epoch,
+            desc=f"epoch {epoch + 1}/{train.n_epochs}",
+            disable=not (info.is_main and train.progress_bar) or None,
+            leave=False,
+        )
+        window: list[dict[str, Any]] = []
+        started = time.perf_counter()
+        for batch in loader:
+            window.append(batch)
+            if len(window) < n_accum:
+                continue
+            lr = lr_at(
+                epoch + step_in_epoch / steps_per_epoch, train.lr, train.min_lr, train.n_warmup_epochs, train.n_epochs
+            )
+            metrics = train_step(
+                model,
+                optimizer,
+                scaler,
+                window,
+                views=views,
+                token_sizes=token_sizes,
+                lr=lr,
+                clip_grad=train.clip_grad,
+                precision=train.precision,
+                strategy=strategy,
+                info=info,
+            )
+            window = []
+            step_in_epoch += 1
+            global_step += 1
+            elapsed = time.perf_counter() - started
+            metrics["samples_per_s"] = train.batch_size / elapsed if elapsed > 0 else math.nan
+            started = time.perf_counter()
+            losses.append(metrics["loss"])
+            if log is not None:
+                log.write({"epoch": epoch + 1, "step": global_step, "lr": lr, **metrics})
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            end_of_epoch = step_in_epoch == steps_per_epoch
+            if end_of_epoch:
+                epoch, step_in_epoch = epoch + 1, 0
+            stop = global_step >= max_steps
+            if end_of_epoch or stop or global_step % train.checkpoint_every == 0:
+                save_checkpoint()
+            if end_of_epoch and (epoch % train.save_model_every == 0 or epoch == train.n_epochs):
+                model_dir = save_model_snapshot()
+            if on_step is not None:
+                on_step(global_step, metrics)
+            if stop:
+                break
+        bar.close()
+    if model_dir is None:  # stopped by max_steps, or resumed a finished run
+        model_dir = save_model_snapshot()
+    return PretrainResult(out, global_step, epoch, losses, model_dir)
