@@ -19,6 +19,9 @@ COMMANDS: dict[str, str] = {
     "finetune": "cinema.cli.finetune",
     "evaluate": "cinema.cli.evaluate",
     "serve": "cinema.cli.serve",
+    "index": "cinema.cli.index",
+    "shard": "cinema.cli.shard",
+    "pretrain": "cinema.cli.pretrain",
 }
 
 
