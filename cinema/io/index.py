@@ -132,8 +132,14 @@ def find_studies(data_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]
             entries.append({"id": prefix, "kind": "nifti", "path": str(root)})
             continue
         dicom_folders: dict[str, list[Path]] = {}
-        for folder, subdirs, names in os.walk(root):
+        visited: set[Path] = set()
+        for folder, subdirs, names in os.walk(root, followlinks=True):  # archives are often trees of links
             folder_path = Path(folder)
+            real = folder_path.resolve()
+            if real in visited:  # a link loop, or the same folder linked twice
+                subdirs[:] = []
+                continue
+            visited.add(real)
             subdirs.sort()
             relative = folder_path.relative_to(root).as_posix()
             study_id = prefix if relative == "." else f"{prefix}/{relative}"
