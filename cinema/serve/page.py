@@ -1,8 +1,9 @@
 """The one page `cinema serve` shows, with its script and style sheet (embedded: the package ships no web assets).
 
 The script uploads the chosen file as the raw request body (no multipart form), polls the job's status URL, then
-shows the headline numbers, the QC warnings, download links and the report in a sandboxed frame. It writes every
-server-provided string with ``textContent``, never as HTML.
+shows the headline numbers, the QC warnings, download links and the report in a sandboxed frame (same origin, so
+that the page can size the frame to the report, but no scripts: neither the sandbox nor the report's own
+Content-Security-Policy allows any). It writes every server-provided string with ``textContent``, never as HTML.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ _INDEX = """<!DOCTYPE html>
     <h3>Quality control</h3>
     <ul id="qc"></ul>
     <p class="downloads">Download: <span id="downloads"></span></p>
-    <iframe id="report" title="analysis report" sandbox></iframe>
+    <iframe id="report" title="analysis report" sandbox="allow-same-origin"></iframe>
   </section>
 </main>
 </body>
@@ -154,10 +155,15 @@ function showResult(job) {
     link.download = name;
     links.append(link, " ");
   }
-  $("report").src = job.report_url;
+  $("report").src = job.report_url;  // sized to its content on load (below): one scroll bar, not two
   $("result").hidden = false;
   setStatus(`Done in ${job.seconds} s.`);
 }
+
+$("report").addEventListener("load", () => {
+  const doc = $("report").contentDocument;
+  if (doc && doc.documentElement) $("report").style.height = `${doc.documentElement.scrollHeight + 24}px`;
+});
 
 $("upload-form").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -216,6 +222,6 @@ button:disabled { opacity: 0.5; cursor: wait; }
 #qc li.warn { background: #fff4e5; border-left: 4px solid #e8a33d; }
 #qc li.ok { background: #eaf6ec; border-left: 4px solid #3c9a4e; }
 .downloads a { margin-right: 6px; }
-iframe { width: 100%; height: 1400px; border: 1px solid var(--line); border-radius: 6px; margin-top: 8px;
+iframe { width: 100%; height: 1200px; border: 1px solid var(--line); border-radius: 6px; margin-top: 8px;
          background: #fff; }
 """

@@ -58,7 +58,9 @@ PAGE_CSP = (
     "frame-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 # The report is our own HTML but is shown as untrusted content: no scripts, no requests, only embedded pictures.
-REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'; sandbox"
+# (No CSP "sandbox" here: the page reads the framed report's height, which needs it to stay same-origin; the
+# frame's own sandbox attribute and default-src 'none' still forbid every script.)
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'; base-uri 'none'"
 FILE_CSP = "default-src 'none'; sandbox"
 
 
