@@ -7,25 +7,32 @@ with tiny limits and a model that must never be called (every upload there is re
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import io
 import json
 import logging
 import os
+import signal
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from dicom_factory import PHI, write_cine_series
 
 from cinema.analysis.analyze import OUTPUT_FILES, example_study_path
 from cinema.cli import build_parser, main
-from cinema.serve import DEFAULT_HOST, Limits, ServeSettings, is_loopback, make_server
+from cinema.serve import DEFAULT_HOST, Limits, ServeSettings, find_exam, is_loopback, make_server, unpack_upload
 from cinema.serve.upload import MB
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -189,6 +196,24 @@ def test_bad_options_are_one_line_errors(capsys):
     assert "--max-upload-mb must be >= 1" in capsys.readouterr().err
 
 
+def test_cinema_serve_prints_its_address_and_cleans_up_on_sigterm(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the server makes its temporary folder
+    command = [sys.executable, "-m", "cinema", "serve", "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("CineMA is serving on http://127.0.0.1:"), line + process.stderr.read()
+        url = line.split()[4]
+        assert [p.name.startswith("cinema-serve-") for p in tmp_path.iterdir()] == [True]
+        with urllib.request.urlopen(url, timeout=60) as response:
+            assert response.status == 200 and b'id="lv-ef"' in response.read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    assert process.returncode == 0
+    assert list(tmp_path.iterdir()) == []  # the server's folder and every job folder went
+
+
 # -------------------------------------------------------------------------------------------------------------------
 # Hostile uploads (strict server: tiny limits, a model that must not be reached)
 # -------------------------------------------------------------------------------------------------------------------
@@ -245,8 +270,6 @@ def test_zip_and_gzip_bombs_are_refused(strict):
     parts = [(f"exam/{i}.dcm", bytes(MB // 2 + 1)) for i in range(5)]
     _assert_refused(strict, _zip(parts), "unpacks to more than the 2 MB limit")
     _assert_refused(strict, _zip([(f"exam/{i}.dcm", b"x") for i in range(11)]), "11 members; the limit is 10")
-
-    import gzip
 
     nifti_bomb = gzip.compress(bytes(3 * MB), compresslevel=1)
     _assert_refused(strict, nifti_bomb, "decompresses to more than the 2 MB limit")  # a single .nii.gz upload
@@ -377,6 +400,33 @@ def test_dicom_job_outputs_carry_no_patient_fields(server, dicom_job, caplog):
 
     job = server.jobs.get(job_id)
     assert not job.input.exists() and not job.upload.exists() and job.out.is_dir()
+
+
+def test_single_nifti_upload_is_analysed(server, tmp_path):
+    """A gzipped 4-D NIfTI (three frames of the bundled exam) as the whole upload: recognised by content, not name."""
+    sax = nib.load(example_study_path() / "sax.nii.gz")
+    cine = nib.Nifti1Image(np.asarray(sax.dataobj)[..., [0, 6, 12]], sax.affine)
+    path = tmp_path / "cine.nii.gz"
+    nib.save(cine, path)
+    status, reply = _post(server, path.read_bytes())
+    assert status == 202, reply
+    job = _wait(server, reply["id"])
+    assert job["status"] == "done", job
+    metrics = _get_json(server, job["files"]["metrics.json"])
+    assert metrics["n_frames"] == 3 and job["summary"]["lv_ef_pct"] == f"{metrics['lv_ef_pct']:.1f}"
+    status, _, data = _request(server, "GET", job["files"]["seg_sax.nii.gz"])
+    seg = nib.Nifti1Image.from_bytes(gzip.decompress(data))
+    assert status == 200 and seg.shape == cine.shape  # labels on the upload's own grid
+    np.testing.assert_allclose(seg.affine, cine.affine, atol=1e-5)
+
+
+def test_raw_nifti_is_recognised_by_its_header(tmp_path):
+    sax = nib.load(example_study_path() / "sax.nii.gz")
+    raw = tmp_path / "upload.bin"
+    raw.write_bytes(nib.Nifti1Image(np.asarray(sax.dataobj)[..., 0], sax.affine).to_bytes())
+    (tmp_path / "input").mkdir()
+    assert unpack_upload(raw, tmp_path / "input") == raw.stat().st_size
+    assert find_exam(tmp_path / "input") == tmp_path / "input" / "sax.nii"
 
 
 def test_jobs_are_removed_on_request_at_expiry_and_at_shutdown(work_dir):
