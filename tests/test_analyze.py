@@ -18,6 +18,7 @@ from dicom_factory import PHI, write_cine_series
 
 from cinema.analysis import analyze as analyze_module
 from cinema.analysis.analyze import OUTPUT_FILES, example_study_path
+from cinema.analysis.disease import ACDC_GROUPS, FEATURE_NAMES
 from cinema.analysis.measure import METRIC_KEYS, cardiac_metrics, find_ed_es, volume_curves
 from cinema.analysis.qc import quality_warnings
 from cinema.cli import main
@@ -205,7 +206,12 @@ def test_example_outputs_follow_the_contract(example_out):
     metrics = json.loads((example_out / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(metrics)
     assert isinstance(metrics["qc_warnings"], list) and all(isinstance(w, str) for w in metrics["qc_warnings"])
-    assert metrics["qc_not_checked"] and metrics["disease_probabilities"] is None and metrics["mapse_mm"] is None
+    assert metrics["mapse_mm"] is None and metrics["mitral_valve_landmarks"] is None  # no LAX views in the example
+    assert 0.0 < metrics["model_confidence"] <= 1.0 and metrics["qc_not_checked"] == []
+    probabilities = metrics["disease_probabilities"]
+    assert sorted(probabilities) == sorted(ACDC_GROUPS) and sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
+    assert metrics["disease_prediction"] == max(probabilities, key=probabilities.get)
+    assert set(metrics["disease_features"]) == set(FEATURE_NAMES)
 
     rows = list(csv.DictReader(io.StringIO((example_out / "volumes.csv").read_text())))
     assert [int(r["frame"]) for r in rows] == list(range(20))

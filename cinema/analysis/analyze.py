@@ -10,8 +10,9 @@ atomically (built beside OUT, renamed into place only when complete):
 - ``report.html``: self-contained (embedded pictures), no patient-identifying fields;
 - ``cine_overlay.gif``: the mid-ventricular slice over time.
 
-Disease probabilities and mitral-valve landmarks / MAPSE are hooks (`disease_probabilities`,
-`mitral_valve_landmarks`) that report "not available" until a classifier and LAX landmark weights ship.
+Disease probabilities (ACDC groups) come from the shipped feature classifier (`cinema.analysis.disease`) applied
+to the ED/ES segmentations; mitral-valve landmarks / MAPSE are a hook (`mitral_valve_landmarks`) that reports
+"not available" until LAX landmark weights ship.
 """
 
 from __future__ import annotations
@@ -60,13 +61,26 @@ def example_study_path() -> Path:
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def disease_probabilities(study: Study, labels: np.ndarray) -> tuple[dict[str, float] | None, str]:
-    """Probability of each diagnostic group (e.g. the ACDC NOR/DCM/HCM/MINF/RV); not available yet.
+def disease_probabilities(
+    series: np.ndarray, ed: int, es: int, spacing: Sequence[float], classifier: Any | None = None
+) -> tuple[dict[str, float] | None, dict[str, float] | None, str]:
+    """ACDC group probabilities (DCM, HCM, MINF, NOR, RV) from the ED and ES segmentations, the features they came
+    from, and a sentence when they are not available (one phase only, or no classifier installed).
 
-    Plug a fine-tuned CineMA classification checkpoint in here: it takes the SAX cine at ED/ES in model space
-    (`cinema.preprocess.view_to_model_space`) and returns softmax probabilities per class name.
+    ``classifier``: a `cinema.analysis.disease.DiseaseClassifier`; None loads the shipped one.
     """
-    return None, "disease probabilities: not available (no disease classifier ships with this version)"
+    from cinema.analysis.disease import disease_features, load_disease_classifier
+
+    if ed == es:
+        return None, None, "disease probabilities: not available (they need distinct ED and ES frames)"
+    if classifier is None:
+        try:
+            classifier = load_disease_classifier()
+        except FileNotFoundError:  # the message would name install paths, which a report should not show
+            return None, None, "disease probabilities: not available (no disease classifier is installed)"
+    features = disease_features(series[..., ed], series[..., es], spacing)
+    probabilities = {k: round(v, 4) for k, v in classifier.probabilities(features).items()}
+    return probabilities, {k: (round(v, 4) if np.isfinite(v) else None) for k, v in features.items()}, ""
 
 
 def mitral_valve_landmarks(study: Study) -> tuple[dict[str, Any] | None, str]:
@@ -105,8 +119,11 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
 
-def _segment_all_frames(study: Study, model: Any, batch_size: int, amp: bool, progress: bool) -> dict[int, np.ndarray]:
-    """`segment_study` over every frame, in the same frame groups it uses, with a progress bar."""
+def _segment_all_frames(
+    study: Study, model: Any, batch_size: int, amp: bool, progress: bool, confidence: dict[int, float]
+) -> dict[int, np.ndarray]:
+    """`segment_study` over every frame, in the same frame groups it uses, with a progress bar; fills
+    ``confidence`` (frame -> mean top-class probability in the heart)."""
     from tqdm.auto import tqdm
 
     from cinema.analysis.segment import segment_study, segment_view
@@ -117,7 +134,7 @@ def _segment_all_frames(study: Study, model: Any, batch_size: int, amp: bool, pr
     if location.fallback:
         # the network must search the whole field of view once; segment_study does that for all frames together
         logger.info("no cardiac motion to locate the heart; searching the whole field of view")
-        return segment_study(study, model, batch_size=batch_size, amp=amp)
+        return segment_study(study, model, batch_size=batch_size, amp=amp, confidence=confidence)
     center = np.asarray(location.center_mm, dtype=np.float64)
     group = max(1, batch_size // view.spatial_shape[2]) if model.n_dims == 2 else batch_size
     frames = list(range(view.n_frames))
@@ -125,7 +142,11 @@ def _segment_all_frames(study: Study, model: Any, batch_size: int, amp: bool, pr
     with tqdm(total=len(frames), desc="segmenting", unit="frame", disable=not progress, leave=False) as bar:
         for start in range(0, len(frames), group):
             chunk = frames[start : start + group]
-            labels.update(segment_view(view, model, frames=chunk, center_mm=center, batch_size=batch_size, amp=amp))
+            labels.update(
+                segment_view(
+                    view, model, frames=chunk, center_mm=center, batch_size=batch_size, amp=amp, confidence=confidence
+                )
+            )
             bar.update(len(chunk))
     return labels
 
@@ -193,6 +214,7 @@ def analyze_study(
     batch_size: int = 32,
     amp: bool = False,
     progress: bool = False,
+    classifier: Any | None = None,
 ) -> Analysis:
     """Segment every SAX frame of `study` and measure it.
 
@@ -204,19 +226,23 @@ def analyze_study(
         batch_size: slices (2-D model) or frames (3-D model) per forward pass.
         amp: bf16 autocast.
         progress: show a progress bar.
+        classifier: disease classifier (`cinema.analysis.disease`); None uses the shipped one.
     """
     import torch
 
     view = study.view(SAX)
+    confidence: dict[int, float] = {}
     with torch.no_grad():
-        per_frame = _segment_all_frames(study, model, batch_size, amp, progress)
+        per_frame = _segment_all_frames(study, model, batch_size, amp, progress, confidence)
     series = label_series(per_frame, view.n_frames)
     curves = volume_curves(series, view.spacing)
     ed, es, source = _ed_es(study, curves["lv"], ed, es)
     metrics: dict[str, Any] = cardiac_metrics(curves, ed, es)
-    metrics["qc_warnings"] = quality_warnings(series, ed, es, metrics)
-    notes = [CONFIDENCE_NOT_AVAILABLE]
-    disease, disease_note = disease_probabilities(study, series)
+    scores = [v for v in confidence.values() if np.isfinite(v)]
+    heart_confidence = float(np.mean(scores)) if scores else None
+    metrics["qc_warnings"] = quality_warnings(series, ed, es, metrics, confidence=heart_confidence)
+    notes = [] if heart_confidence is not None else [CONFIDENCE_NOT_AVAILABLE]
+    disease, features, disease_note = disease_probabilities(series, ed, es, view.spacing, classifier)
     landmarks, landmark_note = mitral_valve_landmarks(study)
     notes += [n for n, value in ((disease_note, disease), (landmark_note, landmarks)) if value is None]
     model_name = Path(str(getattr(model, "source", "") or "model")).name
@@ -227,10 +253,13 @@ def analyze_study(
             "ed_time_ms": None if times is None else round(times[ed], 1),
             "es_time_ms": None if times is None else round(times[es], 1),
             "lv_myo_ed_ml": round(float(curves["myo"][ed]), 3),
+            "model_confidence": None if heart_confidence is None else round(heart_confidence, 4),
             "disease_probabilities": disease,
+            "disease_prediction": None if disease is None else max(disease, key=disease.get),
+            "disease_features": features,
             "mitral_valve_landmarks": landmarks,
             "mapse_mm": None,
-            "qc_not_checked": [CONFIDENCE_NOT_AVAILABLE],
+            "qc_not_checked": list(notes[:1]) if heart_confidence is None else [],
             "model": model_name,
             "n_frames": view.n_frames,
         }

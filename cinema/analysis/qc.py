@@ -44,9 +44,7 @@ END_SLICE_AREA = 0.25
 # 99th percentile 4 %, over 80 patients x ED/ES)
 SPLIT_FRACTION = 0.2
 MIN_CONFIDENCE = 0.8
-CONFIDENCE_NOT_AVAILABLE = (
-    "model confidence was not checked: the segmentation step returns labels only, not class probabilities"
-)
+CONFIDENCE_NOT_AVAILABLE = "model confidence was not checked: no heart was predicted in any frame"
 
 _IN_PLANE_CROSS = ndimage.generate_binary_structure(2, 1)
 

@@ -193,6 +193,32 @@ th{font-weight:600;color:#444}td.num{text-align:right;font-variant-numeric:tabul
 """
 
 
+_GROUP_TEXT = {
+    "NOR": "normal",
+    "DCM": "dilated cardiomyopathy",
+    "HCM": "hypertrophic cardiomyopathy",
+    "MINF": "previous myocardial infarction",
+    "RV": "abnormal right ventricle",
+}
+
+
+def _disease_section(probabilities: Mapping[str, float] | None) -> str:
+    """Group probabilities as a table, most likely first, with what they are and are not."""
+    if not probabilities:
+        return ""
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    rows = "".join(
+        f"<tr><th>{html.escape(_GROUP_TEXT.get(k, k))} ({html.escape(k)})</th>"
+        f"<td class=num>{100 * float(v):.1f} %</td></tr>"
+        for k, v in ranked
+    )
+    return (
+        '<h2>Disease group (ACDC categories)</h2><table id="disease">' + rows + "</table>"
+        '<p class="note">From the segmentation\'s volumes, ejection fractions, mass and wall thickness by a classifier '
+        "trained on 65 ACDC exams (5 groups only): a research aid, not a diagnosis.</p>"
+    )
+
+
 def render_report_html(
     *,
     metrics: Mapping[str, Any],
@@ -228,6 +254,7 @@ def render_report_html(
     else:
         qc = '<div class="ok">No quality-control warnings.</div>'
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*not_checked, *not_available])
+    disease = _disease_section(metrics.get("disease_probabilities"))
     legend = "".join(f'<span style="background:rgb{COLOURS[v]}"></span>{LABEL_TEXT[v]}' for v in (3, 2, 1))
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
@@ -238,6 +265,7 @@ def render_report_html(
         "not a medical device: review the overlays before trusting the numbers.</p>",
         "<h2>Measurements</h2>",
         f"<table>{metric_rows}</table>",
+        disease,
         "<h2>Quality control</h2>",
         qc,
         f'<ul class="note">{notes}</ul>' if notes else "",

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SegmentationModel",
+    "heart_confidence",
     "keep_largest_components",
     "load_segmentation_model",
     "segment_study",
@@ -274,6 +275,17 @@ def _heart_from_prediction(
     return transform.model_affine[:3, :3] @ index + transform.model_affine[:3, 3]
 
 
+def heart_confidence(probs: np.ndarray) -> float:
+    """Mean top-class probability over the voxels predicted as heart (any foreground class) in model space.
+
+    A frame like the training data scores about 0.9 (boundary voxels are uncertain by nature); an image unlike it
+    (artefacts, another contrast, a slice through the atria) scores lower. NaN when no heart is predicted.
+    """
+    top = probs.max(axis=0)
+    heart = probs.argmax(axis=0) > 0
+    return float(top[heart].mean()) if heart.any() else float("nan")
+
+
 def segment_view(
     view: CineView,
     model: SegmentationModel,
@@ -284,6 +296,7 @@ def segment_view(
     postprocess: bool = True,
     amp: bool = False,
     mirror: bool = MIRROR_DEFAULT,
+    confidence: dict[int, float] | None = None,
 ) -> dict[int, np.ndarray]:
     """Segment frames of a SAX view; returns stored frame index -> uint8 labels of the view's spatial shape.
 
@@ -298,6 +311,7 @@ def segment_view(
         amp: bf16 autocast (faster on CPUs with AMX and on recent GPUs; not bit-identical to fp32).
         mirror: also predict the mirror image and average, so that exams stored with the other in-plane handedness
             than the training data (another vendor's or reader's axis convention) are segmented alike.
+        confidence: a dict to fill with stored frame -> `heart_confidence` of that frame's prediction.
     """
     if not view.is_sax:
         raise ValueError(f"{view.source or view.name}: segmentation needs a short-axis (sax) view, got {view.name}")
@@ -317,6 +331,8 @@ def segment_view(
         images, transform = _model_space(view, chunk, model, center_mm)
         probs = _predict_probs(model, images, batch_size, amp, mirror)
         for i, frame in enumerate(chunk):
+            if confidence is not None:
+                confidence[frame] = heart_confidence(probs[..., i])
             labels = from_model_space(probs[..., i], transform, kind="prob")
             results[frame] = keep_largest_components(labels) if postprocess else labels
     return results
@@ -331,6 +347,7 @@ def segment_study(
     postprocess: bool = True,
     amp: bool = False,
     mirror: bool = MIRROR_DEFAULT,
+    confidence: dict[int, float] | None = None,
 ) -> dict[int, np.ndarray]:
     """Segment the SAX view of a study, the heart located without labels; stored frame -> native uint8 labels.
 
@@ -353,4 +370,5 @@ def segment_study(
         postprocess=postprocess,
         amp=amp,
         mirror=mirror,
+        confidence=confidence,
     )

@@ -3,6 +3,8 @@
 ``sax_segmentation`` -> ``sax_segmentation_unet2d/``: the default short-axis segmentation model of
 ``cinema segment`` (config.yaml + model.safetensors + recipe.json with the exact training recipe, data split, device
 and validation numbers; reproduce with ``scripts/train_default_segmentation.py``).
+``disease_classifier`` -> ``acdc_disease_classifier/``: ACDC group probabilities from segmentation features
+(config.json + model.safetensors + recipe.json; reproduce with ``scripts/train_default_disease.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 __all__ = ["SHIPPED_WEIGHTS", "default_weights_dir"]
 
 # name -> folder next to this file
-SHIPPED_WEIGHTS = {"sax_segmentation": "sax_segmentation_unet2d"}
+SHIPPED_WEIGHTS = {"sax_segmentation": "sax_segmentation_unet2d", "disease_classifier": "acdc_disease_classifier"}
 
 
 def default_weights_dir(name: str = "sax_segmentation") -> Path:
@@ -20,6 +22,7 @@ def default_weights_dir(name: str = "sax_segmentation") -> Path:
     if name not in SHIPPED_WEIGHTS:
         raise ValueError(f"no shipped weights called {name!r}; available: {', '.join(sorted(SHIPPED_WEIGHTS))}")
     folder = Path(__file__).resolve().parent / SHIPPED_WEIGHTS[name]
-    if not (folder / "config.yaml").is_file() or not (folder / "model.safetensors").is_file():
+    config = "config.json" if name == "disease_classifier" else "config.yaml"
+    if not (folder / config).is_file() or not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"shipped weights {name!r} are missing from {folder} (reinstall the package)")
     return folder
