@@ -64,8 +64,18 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(cohort: dic
     single = pretrain(pretrain_config_from_dict(tiny_pretrain_config(tmp_path / "single", data)))
     assert single.global_step == 6  # 12 studies / 4 = 3 steps per epoch, 2 epochs
     config = _write_config(tiny_pretrain_config(tmp_path / "ddp", data), tmp_path / "ddp.yaml")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-               str(WORKER), "pretrain", str(config), "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(WORKER),
+        "pretrain",
+        str(config),
+        "--quiet",
+    ]
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_csv_log(tmp_path / "ddp" / "train_log.csv")
@@ -136,8 +146,9 @@ def test_pretrained_model_loads_into_the_finetuning_trainer(
     assert type(mae).__name__ == "CineMA" and mae.views == ["sax", "lax_4c"]
 
     values = tiny_config("segmentation", "convunetr", acdc_data(acdc_dir, 4), tmp_path, n_epochs=1)
-    values["model"].update({"init": "pretrained", "weights": str(result.model_dir),
-                            "convunetr": {**TINY_UNETR, "drop_path": 0.0}})  # fmt: skip
+    values["model"].update(
+        {"init": "pretrained", "weights": str(result.model_dir), "convunetr": {**TINY_UNETR, "drop_path": 0.0}}
+    )
     trainer = Trainer(config_from_dict(values))
     trainer.setup()
     mae_state, seg_state = mae.state_dict(), trainer.model.state_dict()

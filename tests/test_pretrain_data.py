@@ -13,7 +13,7 @@ from pretrain_fixtures import make_cohort, tiny_pretrain_config
 import cinema.cli
 from cinema.io.index import build_index, find_studies, read_index, write_index
 from cinema.io.shards import ShardStore, iter_tar_samples
-from cinema.train.pretrain_config import pretrain_config_from_dict
+from cinema.train.pretrain_config import load_pretrain_config, pretrain_config_from_dict
 from cinema.train.pretrain_data import GlobalBatchSampler, InMemoryStudies, PretrainDataset, open_source, write_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,8 +31,13 @@ def cohort(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 def test_index_finds_every_kind_of_study(cohort: tuple[Path, Path], sunnybrook_dir: Path, tmp_path: Path) -> None:
     data, index = cohort
     entries = {e["id"]: e for e in read_index(index)}
-    assert sorted(entries) == ["data/acdc/patient001", "data/acdc/patient002", "data/acdc/patient003",
-                               "data/lax_only", "data/mnms2"]  # fmt: skip
+    assert sorted(entries) == [
+        "data/acdc/patient001",
+        "data/acdc/patient002",
+        "data/acdc/patient003",
+        "data/lax_only",
+        "data/mnms2",
+    ]
     assert entries["data/acdc/patient001"]["kind"] == "acdc"
     assert entries["data/acdc/patient001"]["views"]["sax"]["n_frames"] == 2  # ED and ES only
     mnms2 = entries["data/mnms2"]
@@ -117,8 +122,9 @@ def test_samples_are_random_per_epoch_reproducible_and_keep_missing_views(cohort
     dataset = PretrainDataset(source, config, {"sax": 2 * 2 * 8, "lax_4c": 2 * 2})
 
     def epoch_samples(epoch: int, rank: int = 0, world: int = 1, batch: int = 4, micro: int = 2) -> list:
-        sampler = GlobalBatchSampler(len(dataset), seed=3, batch_size=batch, micro_batch=micro, rank=rank,
-                                     world_size=world)  # fmt: skip
+        sampler = GlobalBatchSampler(
+            len(dataset), seed=3, batch_size=batch, micro_batch=micro, rank=rank, world_size=world
+        )
         sampler.set_epoch(epoch)
         return [key for micro_batch in sampler for key in micro_batch]
 
@@ -169,3 +175,22 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys) -> None:
     assert cinema.cli.main(["pretrain", str(config)]) == 1  # the index does not exist
     assert "x.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["pretrain_tiny.yaml", "pretrain_base.yaml"])
+def test_shipped_pretrain_configs_validate(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    with pytest.raises(ValueError, match=r"data\.shards' or 'data\.index'"):  # the data must be named
+        load_pretrain_config(path)
+    config = load_pretrain_config(path, ["data.shards=somewhere"])
+    if name == "pretrain_base.yaml":  # the reference recipe (reference §6)
+        train = config.train
+        assert (train.lr, train.min_lr, train.n_warmup_epochs, train.n_epochs) == (1e-3, 1e-6, 10, 800)
+        assert (train.batch_size, train.weight_decay, train.betas, train.clip_grad) == (64, 0.05, [0.9, 0.95], 5.0)
+        assert train.mask_ratio == 0.75 and config.model.size == "base"
+        assert config.image_size() == {
+            "sax": [192, 192, 16],
+            "lax_2c": [256, 256],
+            "lax_3c": [256, 256],
+            "lax_4c": [256, 256],
+        }
