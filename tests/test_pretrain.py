@@ -121,7 +121,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_losses(cohort: di
     assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (4, 1, 1)
     assert len(_losses(tmp_path / "killed")) == 5
 
-    resumed = pretrain(pretrain_config_from_dict(values), resume=True)
+    # resumed with 2 DataLoader workers: samples depend on (seed, epoch, study) only, not on who loads them
+    resumed = pretrain(pretrain_config_from_dict(values, ["train.n_workers=2"]), resume=True)
     assert resumed.global_step == 9 and len(resumed.losses) == 5  # steps 5..9 again
     assert resumed.losses == full.losses[4:]  # exactly, in fp32 on the CPU
     assert _losses(tmp_path / "killed") == full.losses  # the log reads as one run

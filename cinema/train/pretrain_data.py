@@ -160,6 +160,8 @@ class _Subset:
         return self.n
 
     def __getattr__(self, name: str) -> Any:
+        if name == "source":  # not set yet while unpickling in a spawned worker
+            raise AttributeError(name)
         return getattr(self.source, name)
 
 
