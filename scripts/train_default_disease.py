@@ -2,10 +2,11 @@
 
 Usage: python scripts/train_default_disease.py [--acdc ../shared/data/acdc] [--seg-weights DIR] [--out DIR]
 
-1. Features (`cinema.analysis.disease.disease_features`) from the ground-truth ED/ES labels of the 65 training
-   patients of the default segmentation model's split (its recipe.json), so classifier and segmentation never see
-   the 15 validation patients.
-2. The L2 strength is chosen by 5-fold cross-validation repeated 10 times (numpy default_rng(0)) on those 65.
+1. Features (`cinema.analysis.disease.disease_features`) of the 65 training patients of the default segmentation
+   model's split (its recipe.json), so classifier and segmentation never see the 15 validation patients: from their
+   ground-truth ED/ES labels and (default ``--train-on truth+segmentation``) also from the segmentation model's
+   predictions, so the classifier learns the features as users' exams will have them.
+2. The L2 strength is chosen by patient-level 5-fold cross-validation repeated 10 times (numpy default_rng(0)).
 3. Fit on all 65; validate on the 15 held-out patients twice: from their ground-truth labels and — the number users
    get — from the shipped segmentation model's predictions (`segment_study`, label-free crop, post-processing on).
 4. Write config.json, model.safetensors and recipe.json (split, seed, chosen L2, CV and validation numbers, device).
@@ -39,21 +40,36 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 L2_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 
 
+def _cpu() -> str:
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{len(names) or '?'}-core {names[0] if names else platform.machine()} CPU"
+
+
 def _row(features: dict[str, float]) -> list[float]:
     return [features[name] for name in FEATURE_NAMES]
 
 
-def cross_validate(x: np.ndarray, y: list[str], l2: float, repeats: int = 10, folds: int = 5) -> float:
+def cross_validate(
+    x: np.ndarray, y: list[str], patients: list[str], l2: float, repeats: int = 10, folds: int = 5
+) -> float:
+    """Accuracy over repeated patient-level folds (a patient's rows never straddle train and test)."""
     rng = np.random.default_rng(0)
-    correct = 0
+    unique = sorted(set(patients))
+    correct = total = 0
     for _ in range(repeats):
-        parts = np.array_split(rng.permutation(len(y)), folds)
-        for k, test in enumerate(parts):
-            train = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        parts = np.array_split(rng.permutation(len(unique)), folds)
+        for part in parts:
+            held = {unique[i] for i in part}
+            test = [i for i, p in enumerate(patients) if p in held]
+            train = [i for i, p in enumerate(patients) if p not in held]
             model = fit_disease_classifier(x[train], [y[i] for i in train], l2=l2)
             guess = model.predict_proba(x[test]).argmax(axis=1)
             correct += sum(model.classes[g] == y[i] for g, i in zip(guess, test, strict=True))
-    return correct / (repeats * len(y))
+            total += len(test)
+    return correct / total
 
 
 def _scores(model, x: np.ndarray, y: list[str]) -> dict:
@@ -75,6 +91,13 @@ def main() -> None:
     parser.add_argument("--acdc", default=str(REPO_ROOT.parent / "shared" / "data" / "acdc"))
     parser.add_argument("--seg-weights", default=None, help="segmentation model (default: the shipped one)")
     parser.add_argument("--out", default=str(REPO_ROOT / "cinema" / "weights" / "acdc_disease_classifier"))
+    parser.add_argument(
+        "--train-on",
+        choices=("truth", "truth+segmentation"),
+        default="truth+segmentation",
+        help="training rows: ground-truth features only, or also the segmentation model's (its bias included)",
+    )
+    parser.add_argument("--note", default="", help="recorded with the device, e.g. 'machine shared with ...'")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seg = load_segmentation_model(args.seg_weights)
@@ -82,14 +105,19 @@ def main() -> None:
     acdc = Path(args.acdc)
 
     started = time.perf_counter()
-    train_x, train_y = [], []
+    train_x, train_y, train_ids = [], [], []
     for pid in split["train"]:
         study = read_acdc_patient(acdc / pid)
-        labels = study.sax.labels
-        train_x.append(_row(disease_features(labels[study.ed_frame], labels[study.es_frame], study.sax.spacing)))
-        train_y.append(study.metadata["group"])
+        labels, spacing = study.sax.labels, study.sax.spacing
+        rows = [_row(disease_features(labels[study.ed_frame], labels[study.es_frame], spacing))]
+        if args.train_on == "truth+segmentation":
+            pred = segment_study(study, seg, frames=[study.ed_frame, study.es_frame])
+            rows.append(_row(disease_features(pred[study.ed_frame], pred[study.es_frame], spacing)))
+        train_x += rows
+        train_y += [study.metadata["group"]] * len(rows)
+        train_ids += [pid] * len(rows)
     x = np.array(train_x)
-    cv = {str(l2): cross_validate(x, train_y, l2) for l2 in L2_GRID}
+    cv = {str(l2): cross_validate(x, train_y, train_ids, l2) for l2 in L2_GRID}
     best_l2 = max(L2_GRID, key=lambda v: (cv[str(v)], -abs(np.log(v))))  # ties -> closest to 1
     model = fit_disease_classifier(x, train_y, l2=best_l2)
 
@@ -110,7 +138,13 @@ def main() -> None:
         "classes": list(ACDC_GROUPS),
         "features": list(FEATURE_NAMES),
         "reproduce": "python scripts/train_default_disease.py",
-        "data": "shared ACDC copy: ground-truth ED/ES labels of the default segmentation model's 65 training patients",
+        "data": "shared ACDC copy, the default segmentation model's 65 training patients: features of their "
+        + (
+            "ground-truth ED/ES labels and of the segmentation model's ED/ES predictions (two rows per patient)"
+            if args.train_on == "truth+segmentation"
+            else "ground-truth ED/ES labels"
+        ),
+        "train_on": args.train_on,
         "split": {"train": split["train"], "val": split["val"], "rule": "the segmentation model's split"},
         "seed": 0,
         "l2_grid_cv_accuracy": cv,
@@ -120,7 +154,7 @@ def main() -> None:
         "validation_from_segmentation": from_segmentation,
         "validation_truth": val_y,
         "segmentation_model": str(Path(seg.source).name),
-        "device": f"{platform.processor() or platform.machine()} CPU, 1 torch thread",
+        "device": f"{_cpu()}, 1 torch thread" + (f", {args.note}" if args.note else ""),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "segmentation_seconds_per_exam": round(float(np.mean(seconds)), 2),
     }
