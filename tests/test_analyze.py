@@ -164,6 +164,14 @@ def test_qc_flags_coverage_open_myocardium_gaps_and_splits():
     assert any("No LV cavity was found in frame(s) 4" in w for w in warnings)
 
 
+def test_qc_flags_low_model_confidence_only_below_its_threshold():
+    series = _cine_labels()
+    metrics = cardiac_metrics(volume_curves(series, SPACING), 1, 4)
+    assert not any("confidence" in w for w in quality_warnings(series, 1, 4, metrics, confidence=0.95))
+    low = [w for w in quality_warnings(series, 1, 4, metrics, confidence=0.8) if "confidence" in w]
+    assert len(low) == 1 and "0.80" in low[0]
+
+
 def test_qc_flags_implausible_values():
     metrics = {"lv_ef_pct": 91.0, "rv_ef_pct": 50.0, "lv_edv_ml": 120.0, "lv_esv_ml": 10.8, "rv_edv_ml": 500.0}
     metrics.update({"rv_esv_ml": 250.0, "lv_mass_g": 100.0})

@@ -11,10 +11,11 @@ import pytest
 import torch
 from dicom_factory import write_cine_series
 
+from cinema.analysis.qc import MIN_CONFIDENCE
 from cinema.analysis.segment import keep_largest_components, load_segmentation_model, segment_study, segment_view
 from cinema.cli import main
 from cinema.io import read_acdc_patient, read_study
-from cinema.io.study import CineView
+from cinema.io.study import SAX, CineView, Study
 from cinema.metrics import dice_per_class
 from cinema.models.checkpoint import save_model
 from cinema.models.unet import UNet, unet_config
@@ -172,7 +173,10 @@ def test_shipped_model_dice_on_validation_patients(acdc_dir):
     scores: dict[int, list[float]] = {1: [], 2: [], 3: []}
     for patient in CI_PATIENTS:
         study = read_acdc_patient(acdc_dir / patient)
-        labels = segment_study(study, model)
+        confidence: dict[int, float] = {}
+        labels = segment_study(study, model, confidence=confidence)
+        assert sorted(confidence) == list(range(study.sax.n_frames))
+        assert min(confidence.values()) > MIN_CONFIDENCE, confidence  # a real exam like the training data
         for frame in (study.ed_frame, study.es_frame):
             assert labels[frame].shape == study.sax.spatial_shape
             for label, value in dice_per_class(labels[frame], study.sax.labels[frame]).items():
@@ -187,3 +191,10 @@ def test_shipped_model_dice_on_validation_patients(acdc_dir):
     alone = segment_view(single, model)[0]
     dice = dice_per_class(alone, study.sax.labels[ed])
     assert dice[3] >= MIN_DICE[3] and dice[2] >= MIN_DICE[2], dice
+
+    # an image with no anatomy gets a low confidence, which QC turns into a warning
+    noise = np.random.default_rng(0).gamma(2.0, 50.0, size=study.sax.image.shape).astype(np.float32)
+    confidence = {}
+    segment_study(Study({SAX: CineView(image=noise, affine=study.sax.affine, name=SAX)}), model, confidence=confidence)
+    finite = [v for v in confidence.values() if np.isfinite(v)]
+    assert not finite or np.mean(finite) < MIN_CONFIDENCE, confidence

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from cinema.analysis.qc import MIN_CONFIDENCE
+
 __all__ = ["COLOURS", "cine_gif_bytes", "heart_box", "overlay_rgb", "render_report_html", "volume_plot_png"]
 
 # label -> RGB: RV blue, myocardium bluish green, LV vermillion
@@ -253,6 +255,11 @@ def render_report_html(
         qc = "".join(f'<div class="warn">{html.escape(w)}</div>' for w in warnings)
     else:
         qc = '<div class="ok">No quality-control warnings.</div>'
+    if metrics.get("model_confidence") is not None:
+        qc += (
+            f'<p class="note">Model confidence (mean top-class probability inside the heart, all frames): '
+            f"{float(metrics['model_confidence']):.2f}; below {MIN_CONFIDENCE:.2f} is flagged.</p>"
+        )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in [*not_checked, *not_available])
     disease = _disease_section(metrics.get("disease_probabilities"))
     legend = "".join(f'<span style="background:rgb{COLOURS[v]}"></span>{LABEL_TEXT[v]}' for v in (3, 2, 1))
