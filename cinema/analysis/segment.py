@@ -360,7 +360,7 @@ def segment_study(
     location = locate_study_heart(study, SAX)
     center = None if location.fallback else np.asarray(location.center_mm, dtype=np.float64)
     if center is None:
-        logger.info("%s: no cardiac motion to locate the heart; searching the whole field of view", study.source)
+        logger.info("no cardiac motion to locate the heart; searching the whole field of view")
     return segment_view(
         view,
         model,
