@@ -405,5 +405,9 @@ def test_load_model_dispatches_to_the_cnn_baselines(tmp_path: Path) -> None:
         model = build_model(config).eval()
         loaded = load_model(save_model(model, tmp_path / config["model"]["name"]))
         assert type(loaded) is type(model) and type(model) in (UNet, ResNet)
+        # the weights survive bit for bit; the outputs only to rounding, since oneDNN may pick another kernel for
+        # differently aligned buffers on some CPUs (seen on an AMD EPYC without AVX-512)
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
         with torch.no_grad():
-            assert torch.equal(loaded(image), model(image))
+            torch.testing.assert_close(loaded(image), model(image), rtol=0, atol=1e-6)

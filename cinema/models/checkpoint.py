@@ -371,6 +371,7 @@ def _atomic_write(path: Path, write: Any) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved model is meant to be shared (no umask games: threads)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
