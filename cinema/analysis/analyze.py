@@ -11,8 +11,8 @@ atomically (built beside OUT, renamed into place only when complete):
 - ``cine_overlay.gif``: the mid-ventricular slice over time.
 
 Disease probabilities (ACDC groups) come from the shipped feature classifier (`cinema.analysis.disease`) applied
-to the ED/ES segmentations; mitral-valve landmarks / MAPSE are a hook (`mitral_valve_landmarks`) that reports
-"not available" until LAX landmark weights ship.
+to the ED/ES segmentations; mitral-valve landmarks, LV length and MAPSE (`cinema.analysis.landmarks`) are computed
+when the exam has a long-axis view and landmark weights are given (none ship: no landmark labels to train on).
 """
 
 from __future__ import annotations
@@ -83,16 +83,29 @@ def disease_probabilities(
     return probabilities, {k: (round(v, 4) if np.isfinite(v) else None) for k, v in features.items()}, ""
 
 
-def mitral_valve_landmarks(study: Study) -> tuple[dict[str, Any] | None, str]:
-    """Mitral valve landmarks on the long-axis views and MAPSE (mm); not available yet.
+def mitral_valve_landmarks(study: Study, landmark_model: Any | None = None) -> tuple[dict[str, Any] | None, str]:
+    """Mitral-valve hinge points and apex on every frame of a long-axis view, LV length, MAPSE (mm) and
+    longitudinal shortening; with a sentence saying why not when the exam has no such view or no model is given.
 
-    Plug a CineMA landmark checkpoint in here: landmarks per LAX frame, MAPSE = the valve plane's excursion
-    between ED and ES.
+    ``landmark_model``: from `cinema.analysis.landmarks.load_landmark_model` (``cinema analyze --landmark-weights``).
     """
     lax = [name for name in LAX_VIEWS if name in study.views]
     if not lax:
         return None, "mitral valve landmarks and MAPSE: not available (the exam has no long-axis views)"
-    return None, "mitral valve landmarks and MAPSE: not available (no landmark weights ship with this version)"
+    if landmark_model is None:
+        return None, "mitral valve landmarks and MAPSE: not available (no landmark weights given: --landmark-weights)"
+    if landmark_model.view not in study.views:
+        return None, (
+            f"mitral valve landmarks and MAPSE: not available (the landmark model reads {landmark_model.view}; "
+            f"the exam has {', '.join(lax)})"
+        )
+    from cinema.analysis.landmarks import lax_function, predict_landmarks
+
+    result = predict_landmarks(study, landmark_model)
+    summary = lax_function(result.world)
+    summary["view"] = result.view
+    summary["points_voxel_xy"] = np.round(result.voxel, 2).tolist()  # [frame][hinge 1, hinge 2, apex][x, y]
+    return summary, ""
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -215,6 +228,7 @@ def analyze_study(
     amp: bool = False,
     progress: bool = False,
     classifier: Any | None = None,
+    landmark_model: Any | None = None,
 ) -> Analysis:
     """Segment every SAX frame of `study` and measure it.
 
@@ -227,6 +241,7 @@ def analyze_study(
         amp: bf16 autocast.
         progress: show a progress bar.
         classifier: disease classifier (`cinema.analysis.disease`); None uses the shipped one.
+        landmark_model: LAX landmark model (`cinema.analysis.landmarks`); None skips landmarks and MAPSE.
     """
     import torch
 
@@ -243,7 +258,7 @@ def analyze_study(
     metrics["qc_warnings"] = quality_warnings(series, ed, es, metrics, confidence=heart_confidence)
     notes = [] if heart_confidence is not None else [CONFIDENCE_NOT_AVAILABLE]
     disease, features, disease_note = disease_probabilities(series, ed, es, view.spacing, classifier)
-    landmarks, landmark_note = mitral_valve_landmarks(study)
+    landmarks, landmark_note = mitral_valve_landmarks(study, landmark_model)
     notes += [n for n, value in ((disease_note, disease), (landmark_note, landmarks)) if value is None]
     model_name = Path(str(getattr(model, "source", "") or "model")).name
     times = view.frame_times_ms
@@ -258,7 +273,7 @@ def analyze_study(
             "disease_prediction": None if disease is None else max(disease, key=disease.get),
             "disease_features": features,
             "mitral_valve_landmarks": landmarks,
-            "mapse_mm": None,
+            "mapse_mm": None if landmarks is None else landmarks["mapse_mm"],
             "qc_not_checked": list(notes[:1]) if heart_confidence is None else [],
             "model": model_name,
             "n_frames": view.n_frames,
@@ -363,5 +378,7 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
         f"EF {fmt('rv_ef_pct', '%')}",
     ]
     warnings: Sequence[str] = metrics.get("qc_warnings", [])
+    if metrics.get("mapse_mm") is not None:
+        lines.append(f"MAPSE {metrics['mapse_mm']:.1f} mm ({metrics['mitral_valve_landmarks']['view']})")
     lines += [f"QC: {w}" for w in warnings] or ["QC: no warnings"]
     return lines

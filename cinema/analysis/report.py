@@ -249,6 +249,13 @@ def render_report_html(
         ("ED frame (0-based)", str(ed)),
         ("ES frame (0-based)", str(es)),
     ]
+    landmarks = metrics.get("mitral_valve_landmarks")
+    if landmarks and metrics.get("mapse_mm") is not None:
+        view = str(landmarks.get("view", "LAX"))
+        rows += [
+            (f"MAPSE ({view})", _fmt(metrics["mapse_mm"], "mm")),
+            (f"LV longitudinal shortening ({view})", _fmt(landmarks.get("longitudinal_shortening_pct"), "%")),
+        ]
     metric_rows = "".join(f"<tr><th>{html.escape(k)}</th><td class=num>{html.escape(v)}</td></tr>" for k, v in rows)
     warnings = list(metrics.get("qc_warnings", []))
     if warnings:

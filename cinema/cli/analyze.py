@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="SAX segmentation model folder, config.yaml or .safetensors, e.g. an official CineMA fine-tuned "
         "checkpoint (default: shipped model)",
     )
+    parser.add_argument(
+        "--landmark-weights",
+        default=None,
+        help="LAX landmark checkpoint (heatmap or coordinate model, official format): mitral valve points and MAPSE",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=32, help="slices (2-D model) or frames (3-D) per pass")
     parser.add_argument("--ed", type=int, default=None, help="end-diastolic frame, 0-based (default: max LV volume)")
@@ -78,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         if frame is not None and frame >= n_frames:
             raise CinemaError(f"{flag} {frame} is outside the {n_frames} stored frames (0-based, 0..{n_frames - 1})")
     model = load_segmentation_model(args.weights, device=args.device)
+    landmark_model = None
+    if args.landmark_weights is not None:
+        from cinema.analysis.landmarks import load_landmark_model
+
+        landmark_model = load_landmark_model(args.landmark_weights, device=args.device)
     analysis = analyze_study(
         study,
         model,
@@ -86,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         amp=args.amp,
         progress=not args.quiet,
+        landmark_model=landmark_model,
     )
     spatial_only = kind == "nifti" and len(nifti_shape(source)) == 3
     write_analysis(analysis, out, force=args.force, spatial_only=spatial_only)
