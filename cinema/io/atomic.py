@@ -10,8 +10,9 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 
 def _temporary_sibling(path: Path, tag: str) -> Path:
@@ -19,14 +20,15 @@ def _temporary_sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{tag}-{uuid.uuid4().hex[:12]}-{path.name}")
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
+def write_stream_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(file)`` on a temporary file in `path`'s folder, flush it to disk, then rename it into place: a
+    process killed at any instant (SIGKILL included) leaves the old file or the new one, never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_sibling(path, "tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,6 +36,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
+    return write_stream_atomic(path, lambda f: f.write(data))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -83,7 +83,8 @@ _ORIENTATION_TOLERANCE = 1e-3  # direction cosines; about 0.06 degrees
 _POSITION_TOLERANCE_MM = 0.05  # same-slice positions (rounding in real headers is ~1e-3 mm)
 
 
-def _has_dicom_preamble(path: Path) -> bool:
+def has_dicom_preamble(path: Path) -> bool:
+    """True for a file with the DICOM Part 10 preamble (128 bytes, then ``DICM``)."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -406,7 +407,7 @@ def list_dicom_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _has_dicom_preamble(p))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and has_dicom_preamble(p))
 
 
 def _pseudonymise_uid(uid: str) -> str:

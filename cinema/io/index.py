@@ -38,6 +38,7 @@ import numpy as np
 
 from cinema.io.atomic import write_text_atomic
 from cinema.io.datasets import is_acdc_folder, is_mnms_folder
+from cinema.io.dicom import has_dicom_preamble
 from cinema.io.nifti import guess_view_name, is_nifti_path, nifti_stem, read_nifti_cine
 from cinema.io.read import read_study
 from cinema.io.study import SAX, CineView, Study
@@ -66,15 +67,6 @@ def _phase_order(path: Path) -> tuple[int, str]:
         if match:
             return int(match.group(1)), path.name
     return 0, path.name
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _dicom_study_uid(path: Path) -> str:
@@ -158,7 +150,7 @@ def find_studies(data_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]
             niftis = [p for p in files if is_nifti_path(p)]
             if niftis:
                 entries += _nifti_entries(root, folder_path, niftis, prefix)
-            dicoms = [p for p in files if not is_nifti_path(p) and _has_dicom_preamble(p)]
+            dicoms = [p for p in files if not is_nifti_path(p) and has_dicom_preamble(p)]
             if dicoms:
                 dicom_folders.setdefault(_dicom_study_uid(dicoms[0]), []).append(folder_path)
         entries += _dicom_entries(root, prefix, dicom_folders)

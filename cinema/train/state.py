@@ -8,7 +8,6 @@ every CUDA device), for loops whose randomness is not all re-derived from the se
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from pathlib import Path
@@ -17,23 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from cinema.io.atomic import write_stream_atomic
+
 __all__ = ["rng_state", "save_atomic", "set_rng_state"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` that is all-or-nothing: temp file, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
+    """``torch.save`` that is all-or-nothing: streamed to a temp file, fsync, rename (`write_stream_atomic`)."""
+    return write_stream_atomic(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict[str, Any]:
