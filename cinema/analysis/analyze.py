@@ -274,7 +274,7 @@ def analyze_study(
             "disease_features": features,
             "mitral_valve_landmarks": landmarks,
             "mapse_mm": None if landmarks is None else landmarks["mapse_mm"],
-            "qc_not_checked": list(notes[:1]) if heart_confidence is None else [],
+            "qc_not_checked": [CONFIDENCE_NOT_AVAILABLE] if heart_confidence is None else [],
             "model": model_name,
             "n_frames": view.n_frames,
         }

@@ -65,38 +65,36 @@ class LandmarkResult:
 
 def load_landmark_model(weights: str | Path, device: str | torch.device = "cpu") -> LandmarkModel:
     """Load a landmark checkpoint (model folder, config.yaml, or .safetensors beside its config.yaml)."""
-    from cinema.analysis.segment import _resolve_weights
+    from cinema.analysis.segment import config_views, inference_device, resolve_weights
     from cinema.models.checkpoint import load_model, model_kind, read_config
 
-    config_path, weights_file = _resolve_weights(weights)
+    config_path, weights_file = resolve_weights(weights)
     config, _ = read_config(config_path)
     where = str(weights)
     name = model_kind(config)
     task = str(config.get("task", ""))
-    if task == "landmark_heatmap" or (not task.startswith("landmark") and name in _HEATMAP_MODELS):
+    if task in ("landmark_heatmap", "landmark_coordinate"):
+        kind = task.removeprefix("landmark_")
+    elif task:
+        raise ValueError(f"{where}: a {task} checkpoint is not a landmark model")
+    elif name in _HEATMAP_MODELS:
         kind = "heatmap"
-    elif task == "landmark_coordinate" or (not task.startswith("landmark") and name in _COORDINATE_MODELS):
+    elif name in _COORDINATE_MODELS:
         kind = "coordinate"
     else:
-        raise ValueError(f"{where}: task {task!r} with a {name} model is not a landmark model")
-    if task and not task.startswith("landmark"):
-        raise ValueError(f"{where}: a {task} checkpoint is not a landmark model")
-    model_cfg = config.get("model", {})
-    views = model_cfg.get("views", model_cfg.get("view"))
-    views = [views] if isinstance(views, str) else list(views or [])
+        raise ValueError(f"{where}: a {name} model is not a landmark model")
+    views = config_views(config)
     if len(views) != 1 or views[0] not in LAX_VIEWS:
         raise ValueError(f"{where}: landmarks need a model of one long-axis view, got {views or 'no view'}")
-    out = int(model_cfg.get("out_chans", N_POINTS if kind == "heatmap" else 2 * N_POINTS))
-    if out != (N_POINTS if kind == "heatmap" else 2 * N_POINTS):
-        raise ValueError(
-            f"{where}: a {kind} landmark model needs {N_POINTS if kind == 'heatmap' else 6} outputs, got {out}"
-        )
+    model_cfg = config.get("model", {})
+    expected = N_POINTS if kind == "heatmap" else 2 * N_POINTS
+    out = int(model_cfg.get("out_chans", expected))
+    if out != expected:
+        raise ValueError(f"{where}: a {kind} landmark model needs {expected} outputs, got {out}")
     lax = config.get("data", {}).get("lax", {})
     patch = tuple(int(p) for p in lax.get("patch_size", (256, 256)))[:2]
     spacing = tuple(float(s) for s in lax.get("spacing", (1.0, 1.0)))[:2]
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
+    device = inference_device(device)
     network = load_model(config_path, weights_file, device=device)
     return LandmarkModel(network, kind, views[0], spacing, patch, str(model_cfg.get("reduce", "all")), where)
 
@@ -107,7 +105,7 @@ def _model_points(model: LandmarkModel, images: np.ndarray, batch_size: int) -> 
     from cinema.tasks.classification import global_forward
     from cinema.tasks.landmark import soft_argmax
 
-    samples = np.ascontiguousarray(images.transpose(2, 0, 1))[:, None].astype(np.float32)  # (T, 1, X, Y)
+    samples = np.ascontiguousarray(images.transpose(2, 0, 1))[:, None]  # (T, 1, X, Y)
     size = torch.tensor(images.shape[:2] * N_POINTS, dtype=torch.float32)
     outputs = []
     for start in range(0, samples.shape[0], batch_size):
@@ -126,7 +124,7 @@ def predict_landmarks(
     study: Study, model: LandmarkModel, *, frames: Sequence[int] | None = None, batch_size: int = 16
 ) -> LandmarkResult:
     """The three landmarks on every (or the given) frame of the model's LAX view of ``study``."""
-    from cinema.analysis.segment import _minmax
+    from cinema.analysis.segment import scale_frames
     from cinema.preprocess import locate_study_heart
     from cinema.preprocess.model_space import to_model_space
 
@@ -148,8 +146,7 @@ def predict_landmarks(
         in_plane_spacing=model.spacing,
     )
     images = images.reshape(*images.shape[:2], -1)
-    scaled = np.stack([_minmax(images[..., i]) for i in range(images.shape[-1])], axis=-1)
-    model_xy = _model_points(model, scaled, batch_size)
+    model_xy = _model_points(model, scale_frames(images), batch_size)
     voxel = transform.model_to_native_index(model_xy)
     homogeneous = np.concatenate([voxel, np.zeros((*voxel.shape[:-1], 1)), np.ones((*voxel.shape[:-1], 1))], -1)
     world = homogeneous @ np.asarray(view.affine, dtype=np.float64).T

@@ -50,6 +50,7 @@ from cinema.train.pretrain_config import PretrainConfig
 from cinema.train.pretrain_data import GlobalBatchSampler, PretrainDataset, open_source
 from cinema.train.runlog import CsvLog
 from cinema.train.state import rng_state, save_atomic, set_rng_state
+from cinema.train.trainer import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,10 @@ class Dist:
 def init_distributed(device_name: str = "auto") -> Dist:
     """One process, or the rank torchrun started (its env:// variables: RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"config key 'train.device' is {device_name!r} but CUDA is not available")
+    device = resolve_device(device_name)
     if world_size == 1:
-        device = torch.device(device_name if device_name != "auto" else ("cuda" if use_cuda else "cpu"))
         return Dist(device=device)
+    use_cuda = device.type == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
