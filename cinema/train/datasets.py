@@ -222,6 +222,32 @@ def _crop_center(study: Study, view_name: str, config: FinetuneConfig) -> np.nda
     return np.asarray(locate_study_heart(study, view_name).center_mm, dtype=np.float64)
 
 
+def config_to_model_space(
+    image: np.ndarray, affine: np.ndarray, view_name: str, config: Any, center: np.ndarray | None
+) -> tuple[np.ndarray, Any]:
+    """`to_model_space` with a training config's geometry for one view (its spacing, patch size, z spacing and
+    intensity scope): the one mapping from config keys to model space, shared by fine-tuning and pre-training.
+
+    ``config``: a `FinetuneConfig` or `PretrainConfig` (anything with ``data`` and ``view_data``).
+    """
+    from cinema.preprocess.model_space import to_model_space
+
+    data = config.data
+    geometry = config.view_data(view_name)
+    z_spacing: Any = {"auto": "auto", "native": "native", "fixed": float(data.sax.spacing[-1])}[data.z_spacing]
+    return to_model_space(
+        image,
+        affine,
+        "sax" if view_name == "sax" else "lax",
+        center_mm=center,
+        intensity=data.intensity,
+        z_spacing=z_spacing,
+        min_slices=None,
+        in_plane_shape=tuple(geometry.patch_size[:2]),
+        in_plane_spacing=tuple(geometry.spacing[:2]),
+    )
+
+
 def _to_model_space(
     view_name: str,
     view: CineView,
@@ -231,23 +257,9 @@ def _to_model_space(
     center: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """(F, *spatial) model-space images (and labels) of the given frames, plus the transform."""
-    from cinema.preprocess.model_space import resample_to_model, to_model_space
+    from cinema.preprocess.model_space import resample_to_model
 
-    data = config.data
-    kind = "sax" if view_name == "sax" else "lax"
-    geometry = config.view_data(view_name)
-    z_spacing: Any = {"auto": "auto", "native": "native", "fixed": float(data.sax.spacing[-1])}[data.z_spacing]
-    images, transform = to_model_space(
-        view.image[..., frames],
-        view.affine,
-        kind,
-        center_mm=center,
-        intensity=data.intensity,
-        z_spacing=z_spacing,
-        min_slices=None,
-        in_plane_shape=tuple(geometry.patch_size[:2]),
-        in_plane_spacing=tuple(geometry.spacing[:2]),
-    )
+    images, transform = config_to_model_space(view.image[..., frames], view.affine, view_name, config, center)
     label_maps = None
     if labels:
         stacked = np.stack([view.labels[f] for f in frames], axis=-1)

@@ -37,7 +37,7 @@ from cinema.io.study import Study
 from cinema.models.mae import random_token_mask
 from cinema.preprocess.intensity import to_uint8
 from cinema.train.config import resolve_path
-from cinema.train.datasets import derive_seed
+from cinema.train.datasets import config_to_model_space, derive_seed
 from cinema.train.pretrain_config import PretrainConfig
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ def _fit_slices(image: np.ndarray, n: int) -> np.ndarray:
 def study_to_arrays(study: Study, config: PretrainConfig, where: str = "") -> dict[str, np.ndarray]:
     """{view: uint8 (T, *patch_size)} of every configured view the study has, in model space."""
     from cinema.preprocess import locate_study_heart
-    from cinema.preprocess.model_space import to_model_space
 
     data = config.data
     views = [v for v in config.model.views if v in study.views]
@@ -71,7 +70,6 @@ def study_to_arrays(study: Study, config: PretrainConfig, where: str = "") -> di
             f"{where or study.source}: none of the configured views {config.model.views} "
             f"(the study has {', '.join(study.view_names)})"
         )
-    z_spacing: Any = {"auto": "auto", "native": "native", "fixed": float(data.sax.spacing[-1])}[data.z_spacing]
     arrays = {}
     for name in views:
         view = study.views[name]
@@ -79,17 +77,7 @@ def study_to_arrays(study: Study, config: PretrainConfig, where: str = "") -> di
         center = None
         if name == "sax" and data.crop_center == "heart":
             center = np.asarray(locate_study_heart(study, name).center_mm, dtype=np.float64)
-        image, _ = to_model_space(
-            view.image,
-            view.affine,
-            "sax" if name == "sax" else "lax",
-            center_mm=center,
-            intensity=data.intensity,
-            z_spacing=z_spacing,
-            min_slices=None,
-            in_plane_shape=tuple(geometry.patch_size[:2]),
-            in_plane_spacing=tuple(geometry.spacing[:2]),
-        )
+        image, _ = config_to_model_space(view.image, view.affine, name, config, center)
         if name == "sax":
             image = _fit_slices(image, geometry.patch_size[2])
         arrays[name] = np.ascontiguousarray(np.moveaxis(to_uint8(image), -1, 0))
