@@ -219,10 +219,13 @@ def fit_disease_classifier(
     mean = np.nanmean(x, axis=0)
     std = np.nanstd(x, axis=0)
     std = np.where(std > 1e-8, std, 1.0)
-    z = np.where(np.isfinite((x - mean) / std), (x - mean) / std, 0.0)
-    y = np.array([list(classes).index(label) for label in labels])
-    n, f = z.shape
+    n, f = x.shape
     c = len(classes)
+    model = DiseaseClassifier(
+        tuple(classes), tuple(feature_names), log_features, mean, std, np.zeros((f, c)), np.zeros(c)
+    )
+    z = model.standardise(features)
+    y = np.array([list(classes).index(label) for label in labels])
     one_hot = np.eye(c)[y]
 
     def loss_and_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
@@ -233,8 +236,8 @@ def fit_disease_classifier(
         return loss, np.concatenate([(z.T @ g + 2 * l2 / n * w).ravel(), g.sum(axis=0)])
 
     result = optimize.minimize(loss_and_grad, np.zeros(f * c + c), jac=True, method="L-BFGS-B")
-    w, b = result.x[: f * c].reshape(f, c), result.x[f * c :]
-    return DiseaseClassifier(tuple(classes), tuple(feature_names), log_features, mean, std, w, b)
+    model.weight, model.bias = result.x[: f * c].reshape(f, c), result.x[f * c :]
+    return model
 
 
 def save_disease_classifier(model: DiseaseClassifier, folder: str | os.PathLike, recipe: Mapping | None = None) -> Path:
