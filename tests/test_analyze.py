@@ -220,6 +220,8 @@ def test_example_outputs_follow_the_contract(example_out):
     assert sorted(probabilities) == sorted(ACDC_GROUPS) and sum(probabilities.values()) == pytest.approx(1, abs=1e-3)
     assert metrics["disease_prediction"] == max(probabilities, key=probabilities.get)
     assert set(metrics["disease_features"]) == set(FEATURE_NAMES)
+    best = metrics["disease_prediction"]
+    assert f"{best} {100 * probabilities[best]:.1f} %" in " ".join(analyze_module.summary_lines(metrics))
 
     rows = list(csv.DictReader(io.StringIO((example_out / "volumes.csv").read_text())))
     assert [int(r["frame"]) for r in rows] == list(range(20))

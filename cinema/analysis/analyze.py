@@ -380,5 +380,9 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     warnings: Sequence[str] = metrics.get("qc_warnings", [])
     if metrics.get("mapse_mm") is not None:
         lines.append(f"MAPSE {metrics['mapse_mm']:.1f} mm ({metrics['mitral_valve_landmarks']['view']})")
+    probabilities = metrics.get("disease_probabilities")
+    if probabilities:
+        best = metrics["disease_prediction"]
+        lines.append(f"Disease group (ACDC categories, research aid): {best} {100 * probabilities[best]:.1f} %")
     lines += [f"QC: {w}" for w in warnings] or ["QC: no warnings"]
     return lines
