@@ -127,6 +127,24 @@ def test_official_convunetr_checkpoint_segments_on_the_native_grid(golden_dir):
     assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
 
 
+def test_one_slice_convunetr_keeps_the_native_slices(golden_dir, tmp_path):
+    """A ConvUNetR trained on SAX slices (patch depth 1) is fed every native slice, not a 10 mm resampling."""
+    from cinema.models.checkpoint import build_model, read_config
+
+    config, _ = read_config(golden_dir / "convunetr_tiny_sax")
+    config["data"]["sax"] = {"spacing": [1.5, 1.5, 10.0], "patch_size": [32, 32, 1], "in_chans": 1}
+    torch.manual_seed(0)
+    save_model(build_model(config), tmp_path / "slices")
+    model = load_segmentation_model(tmp_path / "slices")
+    assert model.n_dims == 3 and model.slice_wise
+    windows: list[tuple[int, int]] = []  # (frames in the batch, slices in the window) of each forward pass
+    model.network.register_forward_pre_hook(lambda _, args: windows.append(tuple(args[0]["sax"].shape[::4])))
+    view = CineView(image=_cine((40, 36, 5, 2)), affine=_oblique_affine())  # 7.5 mm slices
+    labels = segment_view(view, model, center_mm=np.array([40.0, -120.0, 15.0]))
+    assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
+    assert windows == [(2, 1)] * 5  # both frames in one batch, one window per native slice
+
+
 def test_cli_errors_are_one_line(tmp_path, tiny_weights, capsys):
     source = tmp_path / "exam_sax.nii.gz"
     nib.save(nib.Nifti1Image(_cine(), np.eye(4)), source)

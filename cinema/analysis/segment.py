@@ -11,7 +11,8 @@ Two kinds of network are handled alike:
   slices are kept as they are (no interpolation along z), so the round trip along z is exact;
 - a 3-D network (an official CineMA ConvUNetR segmentation checkpoint, or a 3-D U-Net): each frame is resampled to
   the checkpoint's spacing (1 x 1 x 10 mm), zero-padded at the end to the patch depth (16 slices) and predicted with
-  sliding windows (softmax average) where the stack is longer.
+  sliding windows (softmax average) where the stack is longer. A 3-D network with a one-slice patch (a ConvUNetR
+  trained on SAX slices, ``data.sax.patch_size: [X, Y, 1]``) keeps the native slices like the 2-D U-Net.
 
 When the cine has no usable motion (a single frame, a static series) and no long-axis planes locate the heart, the
 network itself finds it: a first pass over the whole field of view with sliding windows, then the heart-centred
@@ -79,6 +80,11 @@ class SegmentationModel:
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
+
+    @property
+    def slice_wise(self) -> bool:
+        """True when the network sees one slice at a time (a 2-D model, or a 3-D one with a one-slice patch)."""
+        return self.n_dims == 2 or self.patch_size[2] == 1
 
 
 def resolve_weights(weights: str | Path) -> tuple[Path, Path | None]:
@@ -255,7 +261,8 @@ def _model_space(
     if whole_field:
         extent = np.asarray(view.spacing[:2]) * np.asarray(view.spatial_shape[:2]) / np.asarray(model.spacing[:2])
         in_plane = tuple(max(p, int(np.ceil(e))) for p, e in zip(in_plane, extent, strict=True))
-    if model.n_dims == 2:
+    if model.slice_wise:
+        # slices are predicted one by one, so they keep their native spacing and the z round trip is exact
         z_spacing: Any = "native"
         min_slices = None
     else:
