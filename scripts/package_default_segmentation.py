@@ -57,6 +57,14 @@ def main(run_dir: Path, log: Path) -> None:
     with open(run_dir / "val_log.csv") as f:
         val_log = list(csv.DictReader(f))
     best = max(val_log, key=lambda row: float(row["mean_dice"]))
+    # a run that continued the shipped model records the recipe it started from (read before it is replaced)
+    started_from = None
+    if config["model"].get("init") == "finetuned":
+        source = (REPO_ROOT / config["model"]["weights"]).resolve()
+        if not (source / "recipe.json").is_file():
+            raise SystemExit(f"{source}: the run continued weights without a recipe.json, so it cannot be reproduced")
+        started_from = json.loads((source / "recipe.json").read_text())
+        started_from.pop("ci_check", None)
 
     tmp = TARGET.with_name(f".{TARGET.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -87,7 +95,8 @@ def main(run_dir: Path, log: Path) -> None:
         },
         "seed": config["seed"],
         # how the run was trained (scripts/train_default_segmentation.py reads the same variables)
-        "device": f"{_cpu()}, {os.environ.get('CINEMA_THREADS', '1')} torch thread(s), bf16 autocast"
+        "device": f"{_cpu()}, {os.environ.get('CINEMA_THREADS', '1')} torch thread(s), "
+        + ("bf16 autocast" if config["train"]["amp"] else "fp32")
         + (f", {os.environ['CINEMA_TRAIN_NOTE']}" if os.environ.get("CINEMA_TRAIN_NOTE") else ""),
         "torch": torch.__version__,
         "epochs": int(config["train"]["n_epochs"]),
@@ -101,6 +110,13 @@ def main(run_dir: Path, log: Path) -> None:
         "ci_check": ci,
         "config": config,
     }
+    if started_from is not None:
+        recipe["reproduce"] = (
+            "reproduce the model in initialised_from (its own reproduce line), then CINEMA_THREADS=2 python "
+            "scripts/train_default_segmentation.py with this config's overrides (model.init=finetuned, model.weights "
+            "= that model), then python scripts/package_default_segmentation.py RUN_DIR TRAIN_LOG"
+        )
+        recipe["initialised_from"] = started_from
     (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1))
     for path in tmp.iterdir():
         path.chmod(0o644)  # package data readable by every user of an installed package
