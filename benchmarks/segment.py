@@ -2,10 +2,11 @@
 
 For each ACDC patient (default: the validation split of the shipped model's recipe.json) it segments ED and ES with
 the label-free heart crop, then reports Dice per class at ED and ES and the absolute LVEF / RVEF errors (volumes from
-native-grid masks and native spacing), without and with largest-component post-processing (same predictions), plus
-the wall time per exam on this machine. Then LV cavity and myocardium Dice on the two contoured Sunnybrook DICOM
-exams (GE scanner: another vendor, DICOM geometry, never seen in training). ``--compare-mirror`` repeats everything
-with and without mirror averaging, and on mirror-image ACDC input (the other in-plane handedness).
+native-grid masks and native spacing), without ("raw") and with ("lcc") the default post-processing (the largest
+LV-cavity component; same predictions), plus the wall time per exam on this machine. Then LV cavity and myocardium
+Dice on the two contoured Sunnybrook DICOM exams (GE scanner: another vendor, DICOM geometry, never seen in training).
+``--compare-mirror`` repeats everything with and without mirror averaging, and on mirror-image ACDC input (the other
+in-plane handedness).
 
     .venv/bin/python benchmarks/segment.py [--weights DIR] [--shared-dir ../shared] [--ids patient003 ...]
         [--json OUT.json] [--threads 1] [--compare-mirror]
@@ -24,6 +25,7 @@ import torch
 
 from cinema.analysis.segment import (
     MIRROR_DEFAULT,
+    POSTPROCESS_CLASSES,
     SegmentationModel,
     keep_largest_components,
     load_segmentation_model,
@@ -69,7 +71,11 @@ def evaluate_patients(
         row: dict[str, Any] = {"id": folder.name, "group": study.metadata.get("group"), "seconds": seconds}
         truth = ventricular_function(study.sax.labels[study.ed_frame], study.sax.labels[study.es_frame], spacing)
         for variant in ("raw", "lcc"):
-            pred = raw if variant == "raw" else {f: keep_largest_components(lab) for f, lab in raw.items()}
+            pred = (
+                raw
+                if variant == "raw"
+                else {f: keep_largest_components(lab, POSTPROCESS_CLASSES) for f, lab in raw.items()}
+            )
             for phase, frame in (("ed", study.ed_frame), ("es", study.es_frame)):
                 dice = dice_per_class(pred[frame], study.sax.labels[frame])
                 for label, name in ACDC_CLASSES.items():

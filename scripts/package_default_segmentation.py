@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from segment import evaluate_patients  # noqa: E402  (benchmarks/segment.py)
 
-from cinema.analysis.segment import load_segmentation_model  # noqa: E402
+from cinema.analysis.segment import POSTPROCESS_CLASSES, load_segmentation_model  # noqa: E402
 
 TARGET = REPO_ROOT / "cinema" / "weights" / "sax_segmentation_unet2d"
 CI_PATIENTS = ("patient012", "patient043", "patient081")  # tests/test_segment.py
@@ -104,7 +104,8 @@ def main(run_dir: Path, log: Path) -> None:
         "training_wall_seconds": _wall_seconds(log),
         "trainer_validation": {k: float(v) for k, v in best.items() if k not in ("epoch", "step")},
         "validation_pipeline": "cinema.analysis.segment.segment_study on the native grid, label-free heart crop; "
-        "Dice per class averaged over the 15 validation patients; EF from native-grid volumes",
+        "Dice per class averaged over the 15 validation patients; EF from native-grid volumes; raw = no "
+        f"post-processing, lcc = the default one (largest component of classes {list(POSTPROCESS_CLASSES)})",
         "validation_fp32": fp32["summary"],
         "validation_fp16_shipped": fp16["summary"],
         "ci_check": ci,

@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument(
-        "--no-postprocess", action="store_true", help="segmentation: keep every connected component (default: largest)"
+        "--no-postprocess",
+        action="store_true",
+        help="segmentation: keep every connected component (default: the LV cavity's largest only)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no per-study progress lines")

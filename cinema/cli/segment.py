@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=32, help="slices (2-D model) or frames (3-D) per pass")
     parser.add_argument(
-        "--no-postprocess", action="store_true", help="keep every connected component (default: largest per class)"
+        "--no-postprocess",
+        action="store_true",
+        help="keep every connected component (default: only the LV cavity's largest)",
     )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
     parser.add_argument(
