@@ -3,8 +3,9 @@
 Every leg is the default recipe (``scripts/train_default_segmentation.py``: data, split, augmentation, Dice + CE loss,
 AdamW, cosine schedule) with its own overrides, trained from scratch. All legs run at once with one torch thread each,
 so they share the machine alike; their epochs are set so that each trains for about the same wall time on a 2-core
-CPU. Then ``benchmarks/segment.py`` scores each selected model the way users get it (``cinema segment``'s pipeline on
-the native grid) on the recipe's 15 validation patients, and a Markdown table is printed.
+CPU (measured: 32 min for the U-Net, 42 for the ConvUNetR, which got the longer budget). Then ``benchmarks/segment.py``
+scores each selected model the way users get it (``cinema segment``'s pipeline on the native grid) on the recipe's 15
+validation patients, and a Markdown table is printed.
 
 The ConvUNetR is the official architecture (ViT-base encoder, 125.7 M parameters) applied to one SAX slice at a time:
 its SAX conv stem and decoder have no z-stride, so a ``[128, 128, 1]`` patch is a valid input and the weights keep the
@@ -27,9 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 COMMON = ["train.amp=false", "train.early_stopping.patience=100"]
 LEGS: dict[str, tuple[str, list[str]]] = {
-    # ~1.25 k slices per epoch; 5 epochs (785 steps of 8) take ~40 min at one thread beside the other leg
+    # 1254 slices per epoch; 5 epochs (780 steps of 8) took 32 min at one thread beside the other leg (AMD EPYC)
     "unet2d": ("2-D U-Net (6.7 M)", ["train.n_epochs=5", "train.eval_interval=5"]),
-    # one random slice per labelled frame (130 samples, 16 steps per epoch); 8 epochs take about as long
+    # one random slice per labelled frame (130 samples, 16 steps per epoch); 8 epochs (128 steps) took 42 min
     "convunetr": (
         "ConvUNetR-base on slices (125.7 M), scratch",
         [
@@ -90,7 +91,7 @@ def main() -> int:
     for leg in args.legs:
         result = evaluate_leg(leg, out, args.eval_threads)
         scores = result["acdc_plain"]["summary"]["lcc"]
-        sunnybrook = [exam for exam in result["sunnybrook_plain"].values()]
+        sunnybrook = list(result["sunnybrook_plain"].values())
         other = " / ".join(f"{sum(e[f'dice_{c}'] for e in sunnybrook) / len(sunnybrook):.3f}" for c in ("lv", "myo"))
         seconds = training_seconds(out / f"{leg}.log")
         wall = f"{seconds / 60:.0f} min" if seconds else "?"
