@@ -43,6 +43,7 @@ from torch import nn
 
 from cinema.io.study import SAX, CineView, Study
 from cinema.preprocess.model_space import ModelSpaceTransform, from_model_space, to_model_space
+from cinema.preprocess.slices import neighbour_slices
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class SegmentationModel:
         patch_size: network input size, (X, Y) or (X, Y, Z).
         n_classes: number of output classes (background included).
         source: where the weights came from, for messages.
+        context_slices: a 2-D model's neighbouring slices on each side given as extra input channels (2.5-D).
     """
 
     network: nn.Module
@@ -81,6 +83,7 @@ class SegmentationModel:
     patch_size: tuple[int, ...]
     n_classes: int
     source: str = ""
+    context_slices: int = 0
 
     @property
     def device(self) -> torch.device:
@@ -161,7 +164,14 @@ def load_segmentation_model(weights: str | Path | None = None, device: str | tor
     if len(patch) != n_dims or len(spacing) != n_dims:
         raise ValueError(f"{where}: data.sax.patch_size / spacing need {n_dims} values for a {n_dims}-D model")
     n_classes = int(model_cfg.get("out_chans", 4))
-    return SegmentationModel(network, n_dims, spacing, patch, n_classes, source=where)
+    context = int(sax.get("context_slices", 0))
+    in_chans = int(getattr(network, "in_chans", 1))
+    if context < 0 or (context and n_dims != 2) or in_chans != 1 + 2 * context:
+        raise ValueError(
+            f"{where}: data.sax.context_slices {context} does not fit a {n_dims}-D network with {in_chans} input "
+            "channels (a 2-D model with k context slices takes 1 + 2k channels)"
+        )
+    return SegmentationModel(network, n_dims, spacing, patch, n_classes, source=where, context_slices=context)
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -231,8 +241,9 @@ def _predict_probs(
         return {SAX: torch.softmax(logits.float(), dim=1)}
 
     if model.n_dims == 2:
-        # every slice of every frame is one sample: (F * Z, 1, X, Y)
-        samples = np.ascontiguousarray(volumes.transpose(3, 2, 0, 1)).reshape(n_frames * depth, 1, x_size, y_size)
+        # every slice of every frame is one sample, with its neighbours as channels: (F * Z, 1 + 2k, X, Y)
+        stacked = neighbour_slices(volumes.transpose(3, 0, 1, 2), model.context_slices)  # (F, X, Y, Z, 1 + 2k)
+        samples = np.ascontiguousarray(stacked.transpose(0, 3, 4, 1, 2)).reshape(n_frames * depth, -1, x_size, y_size)
         plane = {SAX: patch}
     else:
         samples = np.ascontiguousarray(volumes.transpose(3, 0, 1, 2))[:, None]  # (F, 1, X, Y, Z)

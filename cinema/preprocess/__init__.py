@@ -21,6 +21,7 @@ from cinema.preprocess.model_space import (
     to_model_space,
 )
 from cinema.preprocess.pipeline import ModelSpaceView, locate_study_heart, view_to_model_space
+from cinema.preprocess.slices import neighbour_slices
 
 __all__ = [
     "LAX_IN_PLANE_SHAPE",
@@ -40,6 +41,7 @@ __all__ = [
     "locate_study_heart",
     "model_space_transform",
     "motion_map",
+    "neighbour_slices",
     "normalise_intensity",
     "resample_to_model",
     "to_model_space",

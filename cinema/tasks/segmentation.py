@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cinema.metrics import ACDC_CLASSES, dice_per_class
+from cinema.preprocess.slices import neighbour_slices
 from cinema.tasks.base import Batch, Task, average_windows, soft_dice_loss, to_device
 from cinema.train.config import FinetuneConfig
 
@@ -74,7 +75,10 @@ class SegmentationTask(Task):
         self, model: nn.Module, view: str, volume: torch.Tensor, autocast: Callable[[], Any]
     ) -> torch.Tensor:
         batch, chans, *plane, depth = volume.shape
-        slices = volume.permute(0, 4, 1, 2, 3).reshape(batch * depth, chans, *plane)
+        context = self.config.data.context_slices
+        # (B, chans, X, Y, Z, 1 + 2k) -> (B * Z, chans * (1 + 2k), X, Y), frame-major as the training samples
+        stacked = neighbour_slices(volume, context)
+        slices = stacked.permute(0, 4, 1, 5, 2, 3).reshape(batch * depth, chans * (1 + 2 * context), *plane)
         patch = {view: self.config.patch_size(view)}
         outputs = []
         for start in range(0, slices.shape[0], _SLICE_CHUNK):

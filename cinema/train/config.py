@@ -94,6 +94,8 @@ class DataConfig:
     sax: ViewDataConfig = field(default_factory=_sax_data)
     lax: ViewDataConfig = field(default_factory=_lax_data)
     slice_2d: bool = False  # SAX segmentation on 2-D slices: every slice of every labelled frame is a sample
+    # 2.5-D: with slice_2d, also this many neighbouring slices on each side as input channels (1 + 2k channels)
+    context_slices: int = 0
     max_subjects: int = -1  # use only the first N studies (sorted by id); -1 = all
     proportion: float = 1.0  # fraction of the training studies kept (label-efficiency experiments)
     val_fraction: float = 0.2  # held out for validation when neither val_ids nor split_column is given
@@ -284,6 +286,11 @@ class FinetuneConfig:
         """Dimensions the network sees for a view: 3 for SAX volumes, 2 for LAX and for SAX slices."""
         return 2 if (view != "sax" or self.data.slice_2d) else 3
 
+    def network_in_chans(self, view: str) -> int:
+        """Input channels of the network for a view: one per frame, times 1 + 2k for k context slices (2.5-D)."""
+        context = self.data.context_slices if view == "sax" and self.data.slice_2d else 0
+        return self.view_data(view).in_chans * (1 + 2 * context)
+
     def patch_size(self, view: str) -> tuple[int, ...]:
         return tuple(self.view_data(view).patch_size[: self.spatial_dims(view)])
 
@@ -301,8 +308,10 @@ class FinetuneConfig:
             data[key] = {
                 "spacing": list(self.spacing(view)),
                 "patch_size": list(self.patch_size(view)),
-                "in_chans": self.view_data(view).in_chans,
+                "in_chans": self.network_in_chans(view),
             }
+            if key == "sax" and self.data.context_slices:
+                data[key]["context_slices"] = self.data.context_slices
         if self.task == "classification":
             data["class_column"] = self.data.class_column
             data[self.data.class_column] = list(self.data.classes)
@@ -551,6 +560,8 @@ def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of ind
     if data.slice_2d:
         _check(task == "segmentation" and model.views == ["sax"], "data.slice_2d is for SAX segmentation only")
         _check(model.name == "unet", "data.slice_2d needs model.name unet (CineMA's SAX encoder is 3-D)")
+    _check(data.context_slices >= 0, "config key 'data.context_slices' must be >= 0")
+    _check(data.context_slices == 0 or data.slice_2d, "config key 'data.context_slices' needs data.slice_2d: true")
     _check(data.crop_center in ("heart", "image"), "config key 'data.crop_center' must be heart or image")
     _check(data.z_spacing in ("auto", "native", "fixed"), "config key 'data.z_spacing' must be auto, native or fixed")
     _check(data.intensity in ("frame", "cine"), "config key 'data.intensity' must be frame or cine")

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, Sampler
 
 from cinema.io.datasets import parse_number
 from cinema.io.study import CineView, Study
+from cinema.preprocess.slices import neighbour_slices
 from cinema.train.augment import crop_or_pad
 from cinema.train.config import FinetuneConfig, resolve_path
 
@@ -453,7 +454,7 @@ class TrainDataset(_SubjectDataset):
             image = subject.images[view][frames]
             label = subject.labels[view][frames] if view in subject.labels else None
             if depth is not None:
-                image = image[..., depth]
+                image = _slice_input(image, depth, self.config.data.context_slices)
                 label = label[..., depth] if label is not None else None
             patch = self.config.patch_size(view)
             image_patch, starts = crop_or_pad(image, patch, rng)
@@ -466,6 +467,14 @@ class TrainDataset(_SubjectDataset):
                 sample.setdefault("points", {})[view] = torch.from_numpy(subject.points[view] - offset)
         self._targets(subject, sample)
         return sample
+
+
+def _slice_input(image: np.ndarray, depth: int, context: int) -> np.ndarray:
+    """(F, X, Y, Z) -> (F * (1 + 2 * context), X, Y): slice ``depth`` of each frame with its neighbours as channels."""
+    if not context:
+        return image[..., depth]
+    stacked = neighbour_slices(image, context)[..., depth, :]  # (F, X, Y, C)
+    return np.moveaxis(stacked, -1, 1).reshape(-1, *image.shape[1:3])
 
 
 class ValDataset(_SubjectDataset):

@@ -91,6 +91,38 @@ class FitResult:
     val_metrics: list[dict[str, float]] = field(default_factory=list)
 
 
+def widen_to_context(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], context: int
+) -> dict[str, torch.Tensor]:
+    """A slice model's weights for its 2.5-D twin: input convs get zero weights for the neighbouring slices.
+
+    Each input-conv weight with ``c`` input channels where the 2.5-D model has ``c * (1 + 2 * context)`` keeps its
+    weights on every frame's centre slice, so the widened network starts out computing exactly what the slice model
+    did and fine-tuning learns what the neighbours add. Other tensors are returned unchanged.
+    """
+    width = 1 + 2 * context
+    out = dict(state)
+    for key, value in state.items():
+        want = target.get(key)
+        if want is None or want.shape == value.shape or value.ndim < 3:
+            continue
+        if (
+            want.shape[:1] + want.shape[2:] != value.shape[:1] + value.shape[2:]
+            or want.shape[1] != value.shape[1] * width
+        ):
+            continue
+        widened = value.new_zeros(want.shape)
+        widened[:, context::width] = value
+        out[key] = widened
+        logger.info(
+            "model.weights: %s widened from %d to %d input channels (zeros for the context slices)",
+            key,
+            value.shape[1],
+            want.shape[1],
+        )
+    return out
+
+
 class Trainer:
     """Fine-tune one model on one task as the config says; see the module docstring.
 
@@ -207,6 +239,8 @@ class Trainer:
             source = load_model(resolve_path(cfg.model.weights))
             state = source.state_dict()
             target = model.state_dict()
+            if cfg.data.context_slices:
+                state = widen_to_context(state, target, cfg.data.context_slices)
             mismatched = [k for k in target if k not in state or state[k].shape != target[k].shape]
             extra = [k for k in state if k not in target]
             if mismatched or extra:
