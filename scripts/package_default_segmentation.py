@@ -82,7 +82,12 @@ def main(run_dir: Path, log: Path) -> None:
         if row["id"] in CI_PATIENTS
     }
     recipe = {
-        "model": "2-D residual U-Net on SAX slices (cinema.models.unet), 1.5 mm in-plane, 128 x 128 canvas",
+        "model": "2-D residual U-Net on SAX slices (cinema.models.unet), 1.5 mm in-plane, 128 x 128 canvas"
+        + (
+            f", {config['data']['context_slices']} neighbouring slice(s) on each side as input channels (2.5-D)"
+            if config["data"].get("context_slices")
+            else ""
+        ),
         "n_parameters": sum(v.numel() for v in state.values()),
         "reproduce": "CINEMA_THREADS=2 python scripts/train_default_segmentation.py  (config "
         "configs/default_sax_segmentation.yaml), then python scripts/package_default_segmentation.py RUN_DIR TRAIN_LOG",
