@@ -50,12 +50,17 @@ def test_context_needs_slices_and_a_non_negative_count(acdc_dir: Path, tmp_path:
     data = acdc_data(acdc_dir, 2, slice_2d=True, context_slices=-1)
     with pytest.raises(ValueError, match="context_slices' must be >= 0"):
         config_from_dict(tiny_config("segmentation", "unet", data, tmp_path))
+    values = tiny_config("segmentation", "unet", {**data, "context_slices": 1}, tmp_path)
+    with pytest.raises(ValueError, match="context_flip' must be in"):
+        config_from_dict({**values, "transform": {"context_flip": 1.5}})
 
 
 def test_training_samples_carry_the_neighbours_and_the_model_segments_with_them(acdc_dir: Path, tmp_path: Path):
     data = acdc_data(acdc_dir, 3, val_fraction=0.34, slice_2d=True, context_slices=1)
-    config = config_from_dict(tiny_config("segmentation", "unet", data, tmp_path))
+    values = tiny_config("segmentation", "unet", data, tmp_path)
+    config = config_from_dict({**values, "transform": {"context_flip": 0.0}})
     train_set, _ = build_datasets(config)
+    flipped_set, _ = build_datasets(config_from_dict({**values, "transform": {"context_flip": 1.0}}))
     plain_set, _ = build_datasets(
         config_from_dict(tiny_config("segmentation", "unet", {**data, "context_slices": 0}, tmp_path))
     )
@@ -76,6 +81,10 @@ def test_training_samples_carry_the_neighbours_and_the_model_segments_with_them(
             torch.testing.assert_close(below, plain_set[(previous, 7)]["image"]["sax"][0])
         following = samples.index((subject, frame, z + 1))
         torch.testing.assert_close(above, plain_set[(following, 7)]["image"]["sax"][0])
+        # context_flip reads the stack the other way: same slices, neighbours swapped, label unchanged
+        flipped = flipped_set[(index, 7)]
+        torch.testing.assert_close(flipped["image"]["sax"], with_context["image"]["sax"].flip(0))
+        torch.testing.assert_close(flipped["label"]["sax"], with_context["label"]["sax"])
     result = Trainer(config).fit()
     assert np.isfinite(result.val_metrics[-1]["mean_dice"])
     config = yaml.safe_load((result.output_dir / "model" / "config.yaml").read_text())

@@ -143,6 +143,10 @@ class TransformConfig:
     noise_std: float = 0.1
     scale_range: float = 0.2
     coarse_dropout: bool | None = None  # None: segmentation only, as in the reference
+    # 2.5-D slices (data.context_slices): probability of reversing the neighbours' order, so the network does not
+    # learn the training data's stack direction (ACDC runs base -> apex; DICOM stacks sorted along the slice normal
+    # can run either way)
+    context_flip: float = 0.5
     sax: ViewTransformConfig = field(default_factory=_sax_transform)
     lax: ViewTransformConfig = field(default_factory=_lax_transform)
 
@@ -637,6 +641,7 @@ def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of ind
         "config key 'train.early_stopping.mode' must be max or min",
     )
     _check(0.0 <= transform.prob <= 1.0, "config key 'transform.prob' must be in [0, 1]")
+    _check(0.0 <= transform.context_flip <= 1.0, "config key 'transform.context_flip' must be in [0, 1]")
     _check(len(transform.gamma) == 2 and 0 < transform.gamma[0] <= transform.gamma[1], "bad 'transform.gamma' range")
     _check(transform.noise_std >= 0 and 0 <= transform.scale_range < 1, "bad 'transform.noise_std' / 'scale_range'")
     for key, view_t, n in (("transform.sax", transform.sax, 3), ("transform.lax", transform.lax, 2)):

@@ -434,6 +434,10 @@ class TrainDataset(_SubjectDataset):
                 else:
                     self.samples.append((i, f, None))
 
+    def _flip_context(self, rng: np.random.Generator) -> bool:
+        transform = self.config.transform
+        return transform.enabled and rng.random() < transform.context_flip
+
     def sampler(self, seed: int) -> EpochSampler:
         return EpochSampler(len(self), seed)
 
@@ -458,6 +462,8 @@ class TrainDataset(_SubjectDataset):
                 label = label[..., depth] if label is not None else None
             patch = self.config.patch_size(view)
             image_patch, starts = crop_or_pad(image, patch, rng)
+            if depth is not None and self.config.data.context_slices and self._flip_context(rng):
+                image_patch = _reverse_context(image_patch, self.config.data.context_slices)
             sample["image"][view] = torch.from_numpy(image_patch)
             sample["size"][view] = torch.tensor([min(e, p) for e, p in zip(image.shape[1:], patch, strict=True)])
             if label is not None:
@@ -475,6 +481,13 @@ def _slice_input(image: np.ndarray, depth: int, context: int) -> np.ndarray:
         return image[..., depth]
     stacked = neighbour_slices(image, context)[..., depth, :]  # (F, X, Y, C)
     return np.moveaxis(stacked, -1, 1).reshape(-1, *image.shape[1:3])
+
+
+def _reverse_context(image: np.ndarray, context: int) -> np.ndarray:
+    """(F * (1 + 2k), X, Y) with every frame's neighbours in the opposite order (the stack read the other way)."""
+    width = 1 + 2 * context
+    grouped = image.reshape(-1, width, *image.shape[1:])
+    return np.ascontiguousarray(grouped[:, ::-1].reshape(image.shape))
 
 
 class ValDataset(_SubjectDataset):
