@@ -6,10 +6,11 @@ native-grid masks and native spacing), without ("raw") and with ("lcc") the defa
 LV-cavity component; same predictions), plus the wall time per exam on this machine. Then LV cavity and myocardium
 Dice on the two contoured Sunnybrook DICOM exams (GE scanner: another vendor, DICOM geometry, never seen in training).
 ``--compare-mirror`` repeats everything with and without mirror averaging, and on mirror-image ACDC input (the other
-in-plane handedness).
+in-plane handedness); ``--reversed-stack`` also scores ACDC with the slices stored in the opposite order (same world
+geometry), which a 2.5-D model must handle: ACDC stacks run base -> apex, the Sunnybrook DICOM stacks apex -> base.
 
     .venv/bin/python benchmarks/segment.py [--weights DIR] [--shared-dir ../shared] [--ids patient003 ...]
-        [--json OUT.json] [--threads 1] [--compare-mirror]
+        [--json OUT.json] [--threads 1] [--compare-mirror] [--reversed-stack]
 """
 
 from __future__ import annotations
@@ -50,12 +51,28 @@ def _mirrored(study: Study) -> Study:
     return Study({SAX: flipped}, study.ed_frame, study.es_frame, dict(study.metadata), study.source)
 
 
+def _reversed_stack(study: Study) -> Study:
+    """The same exam with its slices stored in the opposite order (affine adjusted: identical world geometry)."""
+    view = study.sax
+    depth = view.image.shape[2]
+    flip = np.eye(4)
+    flip[2, 2], flip[2, 3] = -1.0, depth - 1.0
+    reversed_view = CineView(
+        image=view.image[:, :, ::-1].copy(),
+        affine=view.affine @ flip,
+        labels={f: lab[:, :, ::-1].copy() for f, lab in view.labels.items()},
+        source=view.source,
+    )
+    return Study({SAX: reversed_view}, study.ed_frame, study.es_frame, dict(study.metadata), study.source)
+
+
 def evaluate_patients(
     model: SegmentationModel,
     folders: list[Path],
     amp: bool = False,
     mirror: bool = MIRROR_DEFAULT,
     mirrored_input: bool = False,
+    reversed_stack: bool = False,
 ) -> dict[str, Any]:
     """Per-patient rows and summary numbers, raw and post-processed (largest component per class)."""
     rows = []
@@ -63,6 +80,8 @@ def evaluate_patients(
         study = read_acdc_patient(folder)
         if mirrored_input:
             study = _mirrored(study)
+        if reversed_stack:
+            study = _reversed_stack(study)
         started = time.perf_counter()
         frames = [study.ed_frame, study.es_frame]
         raw = segment_study(study, model, frames=frames, postprocess=False, amp=amp, mirror=mirror)
@@ -135,6 +154,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--compare-mirror", action="store_true", help="also without mirror averaging / mirrored input")
+    parser.add_argument(
+        "--reversed-stack", action="store_true", help="also ACDC with the slices stored in the opposite order"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_segmentation_model(args.weights)
@@ -159,6 +181,13 @@ def main() -> None:
         for variant in ("raw", "lcc"):
             print(name, variant, json.dumps({k: round(v, 4) for k, v in result["summary"][variant].items()}))
         print(name, "seconds per exam (ED + ES)", round(result["summary"]["seconds_per_exam"]["mean"], 2))
+    if args.reversed_stack:
+        # world geometry unchanged; a 2.5-D model must not depend on which way the stack is stored
+        result = evaluate_patients(model, folders, amp=args.amp, reversed_stack=True)
+        output["acdc_reversed_stack_plain"] = result
+        for variant in ("raw", "lcc"):
+            summary = {k: round(v, 4) for k, v in result["summary"][variant].items()}
+            print("acdc_reversed_stack_plain", variant, json.dumps(summary))
     exams = sorted(p for p in (shared / "data" / "sunnybrook").glob("SCD*") if p.is_dir())
     for mirror in sorted({m for m, _ in settings}):
         name = f"sunnybrook_{'mirror_avg' if mirror else 'plain'}"
