@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
+
+from train_default_segmentation import training_seconds  # scripts/, beside this file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,11 +66,6 @@ def evaluate_leg(leg: str, out: Path, threads: int) -> dict:
     command = [sys.executable, str(REPO_ROOT / "benchmarks" / "segment.py"), "--weights", str(out / leg / "model")]
     subprocess.run([*command, "--json", str(result), "--threads", str(threads)], check=True)
     return json.loads(result.read_text())
-
-
-def training_seconds(log: Path) -> float | None:
-    found = re.search(r"done: .* (\d+) s wall", log.read_text())
-    return float(found.group(1)) if found else None
 
 
 def main() -> int:

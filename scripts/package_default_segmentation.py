@@ -14,7 +14,6 @@ import csv
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from segment import evaluate_patients  # noqa: E402  (benchmarks/segment.py)
+from train_default_segmentation import training_seconds  # noqa: E402  (scripts/, beside this file)
 
 from cinema.analysis.segment import POSTPROCESS_CLASSES, load_segmentation_model  # noqa: E402
 
@@ -42,11 +42,6 @@ def _cpu() -> str:
         return platform.processor() or "unknown CPU"
     amx = " with AMX" if "amx_bf16" in flags else ""
     return f"{os.cpu_count()}-core CPU ({names[0] if names else 'unknown'}{amx})"
-
-
-def _wall_seconds(log: Path) -> float | None:
-    match = re.search(r"done: .* (\d+) s wall", log.read_text())
-    return float(match.group(1)) if match else None
 
 
 def main(run_dir: Path, log: Path) -> None:
@@ -106,7 +101,7 @@ def main(run_dir: Path, log: Path) -> None:
         "torch": torch.__version__,
         "epochs": int(config["train"]["n_epochs"]),
         "selected_epoch": int(best["epoch"]),
-        "training_wall_seconds": _wall_seconds(log),
+        "training_wall_seconds": training_seconds(log),
         "trainer_validation": {k: float(v) for k, v in best.items() if k not in ("epoch", "step")},
         "validation_pipeline": "cinema.analysis.segment.segment_study on the native grid, label-free heart crop; "
         "Dice per class averaged over the 15 validation patients; EF from native-grid volumes; raw = no "

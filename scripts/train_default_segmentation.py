@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,12 @@ def stratified_split(acdc_dir: Path, per_group: int = 3, seed: int = 0) -> list[
         members = groups[group]
         val += [members[i] for i in sorted(rng.permutation(len(members))[:per_group])]
     return sorted(val)
+
+
+def training_seconds(log: Path) -> float | None:
+    """Wall time from the ``done: ... s wall`` line that `main` prints at the end of a run's log, if it finished."""
+    found = re.search(r"done: .* (\d+) s wall", log.read_text())
+    return float(found.group(1)) if found else None
 
 
 def main(overrides: list[str]) -> int:
