@@ -176,7 +176,7 @@ def test_non_segmentation_weights_are_rejected(golden_dir):
 # One validation patient each from three ACDC groups (never seen in training: see recipe.json). The thresholds sit
 # somewhat below what the shipped model measured on them (recipe.json "ci_check").
 CI_PATIENTS = ("patient012", "patient043", "patient081")
-MIN_DICE = {1: 0.77, 2: 0.80, 3: 0.90}  # measured means: RV 0.849, MYO 0.855, LV 0.954
+MIN_DICE = {1: 0.77, 2: 0.80, 3: 0.90}  # measured means (v3): RV 0.854, MYO 0.867, LV 0.956
 
 
 @pytest.mark.slow

@@ -44,8 +44,8 @@ END_SLICE_AREA = 0.25
 # 99th percentile 4 %, over 80 patients x ED/ES)
 SPLIT_FRACTION = 0.2
 # exam mean of `heart_confidence` below which the image is flagged as unlike the training data: the shipped model
-# scored 0.92-0.98 per frame on the 15 held-out ACDC exams and 0.94-0.95 on the Sunnybrook (GE) exams, but 0.73-0.86
-# on gamma noise and on exams with their pixels scrambled in 8x8 blocks
+# scored 0.938-0.968 per frame on the 15 held-out ACDC exams and 0.939-0.953 on the Sunnybrook (GE) exams, but
+# 0.64-0.87 on gamma noise and on exams with their pixels scrambled in 8x8 blocks (benchmarks/qc_confidence.py)
 MIN_CONFIDENCE = 0.9
 CONFIDENCE_NOT_AVAILABLE = "model confidence was not checked: no heart was predicted in any frame"
 
