@@ -19,13 +19,11 @@ from test_train_data import acdc_data, tiny_config
 from cinema.analysis.segment import _model_space, _predict_probs, load_segmentation_model, segment_study
 from cinema.io import read_acdc_patient
 from cinema.preprocess import locate_study_heart, neighbour_slices
-from cinema.train.config import config_from_dict, load_config
+from cinema.train.config import config_from_dict
 from cinema.train.datasets import build_datasets
 from cinema.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_neighbour_slices_numpy_and_torch_agree_and_pad_with_zeros() -> None:
@@ -96,33 +94,31 @@ def test_training_samples_carry_the_neighbours_and_the_model_segments_with_them(
     assert labels[study.ed_frame].shape == study.sax.spatial_shape and labels[study.ed_frame].dtype == np.uint8
 
 
-def test_shipped_model_widened_to_context_predicts_exactly_as_before(acdc_dir: Path, tmp_path: Path) -> None:
-    from cinema.weights import default_weights_dir
+def test_slice_model_widened_to_context_predicts_exactly_as_before(acdc_dir: Path, tmp_path: Path) -> None:
+    """model.init=finetuned from a one-slice model: the 2.5-D twin starts from exactly its predictions."""
+    from cinema.models.checkpoint import build_model, save_model
 
-    shipped_dir = default_weights_dir("sax_segmentation")
-    overrides = [
-        "data.context_slices=1",
-        "data.max_subjects=2",
-        "data.val_ids=null",
-        "data.val_fraction=0.5",
-        f"data.dir={acdc_dir}",
-        "model.init=finetuned",
-        f"model.weights={shipped_dir}",
-        f"output_dir={tmp_path / 'run'}",
-    ]
-    trainer = Trainer(load_config(REPO_ROOT / "configs" / "default_sax_segmentation.yaml", overrides))
+    data = acdc_data(acdc_dir, 2, val_fraction=0.5, slice_2d=True)
+    plain_config = config_from_dict(tiny_config("segmentation", "unet", data, tmp_path))
+    torch.manual_seed(0)
+    plain_dir = save_model(build_model(plain_config.model_config()), tmp_path / "plain")
+    values = tiny_config("segmentation", "unet", {**data, "context_slices": 1}, tmp_path)
+    values["model"].update(init="finetuned", weights=str(plain_dir))
+    trainer = Trainer(config_from_dict(values))
     trainer.setup()  # builds the model from model.weights, as the first step of fit()
     # the trainer's widened network saved as a model folder, as `cinema segment --weights` would read it
-    from cinema.models.checkpoint import save_model
-
     widened_dir = save_model(trainer.model.eval(), tmp_path / "widened")
-    shipped, widened = load_segmentation_model(shipped_dir), load_segmentation_model(widened_dir)
-    assert widened.context_slices == 1 and shipped.context_slices == 0
+    plain, widened = load_segmentation_model(plain_dir), load_segmentation_model(widened_dir)
+    assert widened.context_slices == 1 and plain.context_slices == 0
+    first = trainer.model.state_dict()["encoder.in_conv.conv.weight"]
+    assert first.shape[1] == 3 and not first[:, [0, 2]].any()  # zero weights for the neighbours
+    torch.testing.assert_close(first[:, 1:2], plain.network.state_dict()["encoder.in_conv.conv.weight"])
     study = read_acdc_patient(acdc_dir / "patient054")
     centre = np.asarray(locate_study_heart(study, "sax").center_mm)
-    images, _ = _model_space(study.sax, [study.ed_frame, study.es_frame], shipped, centre)
-    before = _predict_probs(shipped, images, 32, amp=False)
+    images, _ = _model_space(study.sax, [study.ed_frame, study.es_frame], plain, centre)
+    before = _predict_probs(plain, images, 32, amp=False)
     after = _predict_probs(widened, images, 32, amp=False)
+    assert before.std() > 0  # a random network, but not a constant one
     np.testing.assert_allclose(after, before, atol=2e-6)
 
 
@@ -132,9 +128,13 @@ def test_context_that_does_not_fit_the_network_is_rejected(tmp_path: Path) -> No
     folder = tmp_path / "model"
     shutil.copytree(default_weights_dir("sax_segmentation"), folder)
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    config["data"]["sax"]["context_slices"] = 1  # the network still takes one channel
+    context = config["data"]["sax"].get("context_slices", 0)
+    config["data"]["sax"]["context_slices"] = context + 1  # the network's input channels stay as they are
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(ValueError, match="context_slices 1 does not fit a 2-D network with 1 input channels"):
+    channels = 1 + 2 * context
+    with pytest.raises(
+        ValueError, match=f"context_slices {context + 1} does not fit a 2-D network with {channels} input"
+    ):
         load_segmentation_model(folder)
 
 
