@@ -8,7 +8,8 @@ exact shape and affine (class probabilities are resampled and arg-maxed on the n
 Two kinds of network are handled alike:
 
 - a 2-D slice U-Net such as the shipped default (``model.unet.n_dims: 2``): every slice of every frame is one sample,
-  slices are kept as they are (no interpolation along z), so the round trip along z is exact;
+  slices are kept as they are (no interpolation along z), so the round trip along z is exact; a 2.5-D model
+  (``data.sax.context_slices: k``, the shipped default has k = 1) also gets the k neighbouring slices on each side;
 - a 3-D network (an official CineMA ConvUNetR segmentation checkpoint, or a 3-D U-Net): each frame is resampled to
   the checkpoint's spacing (1 x 1 x 10 mm), zero-padded at the end to the patch depth (16 slices) and predicted with
   sliding windows (softmax average) where the stack is longer. A 3-D network with a one-slice patch (a ConvUNetR
