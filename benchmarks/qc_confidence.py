@@ -14,6 +14,7 @@ range of each, for the shipped model (or ``--weights``):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,9 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _with_image(study: Study, image: np.ndarray) -> Study:
-    view = study.sax
-    replaced = CineView(image=image, affine=view.affine, labels={}, source=view.source)
-    return Study({SAX: replaced}, study.ed_frame, study.es_frame, dict(study.metadata), study.source)
+    return dataclasses.replace(study, views={SAX: dataclasses.replace(study.sax, image=image, labels={})})
 
 
 def scrambled(image: np.ndarray, rng: np.random.Generator, block: int = 8) -> np.ndarray:

@@ -16,6 +16,7 @@ geometry), which a 2.5-D model must handle: ACDC stacks run base -> apex, the Su
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from cinema.analysis.segment import (
     segment_study,
 )
 from cinema.io import read_acdc_patient, read_dicom_study, read_sunnybrook_contours
-from cinema.io.study import SAX, CineView, Study
+from cinema.io.study import SAX, Study
 from cinema.metrics import ACDC_CLASSES, dice_per_class, ventricular_function
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,28 +43,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def _mirrored(study: Study) -> Study:
     """The same exam with its in-plane x axis reversed in the array but not in the affine: mirrored anatomy."""
     view = study.sax
-    flipped = CineView(
-        image=view.image[::-1].copy(),
-        affine=view.affine,
-        labels={f: lab[::-1].copy() for f, lab in view.labels.items()},
-        source=view.source,
+    flipped = dataclasses.replace(
+        view, image=view.image[::-1].copy(), labels={f: lab[::-1].copy() for f, lab in view.labels.items()}
     )
-    return Study({SAX: flipped}, study.ed_frame, study.es_frame, dict(study.metadata), study.source)
+    return dataclasses.replace(study, views={SAX: flipped})
 
 
 def _reversed_stack(study: Study) -> Study:
     """The same exam with its slices stored in the opposite order (affine adjusted: identical world geometry)."""
     view = study.sax
-    depth = view.image.shape[2]
     flip = np.eye(4)
-    flip[2, 2], flip[2, 3] = -1.0, depth - 1.0
-    reversed_view = CineView(
+    flip[2, 2], flip[2, 3] = -1.0, view.image.shape[2] - 1.0
+    reversed_view = dataclasses.replace(
+        view,
         image=view.image[:, :, ::-1].copy(),
         affine=view.affine @ flip,
         labels={f: lab[:, :, ::-1].copy() for f, lab in view.labels.items()},
-        source=view.source,
     )
-    return Study({SAX: reversed_view}, study.ed_frame, study.es_frame, dict(study.metadata), study.source)
+    return dataclasses.replace(study, views={SAX: reversed_view})
 
 
 def evaluate_patients(
@@ -170,26 +167,26 @@ def main() -> None:
         ids = json.loads(recipe.read_text())["split"]["val"]
     shared = Path(args.shared_dir)
     folders = [shared / "data" / "acdc" / i for i in ids]
-    settings = [(MIRROR_DEFAULT, False)]
+    # (mirror averaging, mirror-image input, slices stored the other way round)
+    settings = [(MIRROR_DEFAULT, False, False)]
     if args.compare_mirror:
-        settings = [(m, flipped) for flipped in (False, True) for m in (False, True)]
+        settings = [(m, flipped, False) for flipped in (False, True) for m in (False, True)]
+    if args.reversed_stack:
+        # world geometry unchanged; a 2.5-D model must not depend on which way the stack is stored
+        settings.append((MIRROR_DEFAULT, False, True))
     output: dict[str, Any] = {}
-    for mirror, flipped in settings:
-        name = f"acdc{'_mirrored_input' if flipped else ''}_{'mirror_avg' if mirror else 'plain'}"
-        result = evaluate_patients(model, folders, amp=args.amp, mirror=mirror, mirrored_input=flipped)
+    for mirror, flipped, reversed_stack in settings:
+        changed = "_mirrored_input" if flipped else "_reversed_stack" if reversed_stack else ""
+        name = f"acdc{changed}_{'mirror_avg' if mirror else 'plain'}"
+        result = evaluate_patients(
+            model, folders, amp=args.amp, mirror=mirror, mirrored_input=flipped, reversed_stack=reversed_stack
+        )
         output[name] = result
         for variant in ("raw", "lcc"):
             print(name, variant, json.dumps({k: round(v, 4) for k, v in result["summary"][variant].items()}))
         print(name, "seconds per exam (ED + ES)", round(result["summary"]["seconds_per_exam"]["mean"], 2))
-    if args.reversed_stack:
-        # world geometry unchanged; a 2.5-D model must not depend on which way the stack is stored
-        result = evaluate_patients(model, folders, amp=args.amp, reversed_stack=True)
-        output["acdc_reversed_stack_plain"] = result
-        for variant in ("raw", "lcc"):
-            summary = {k: round(v, 4) for k, v in result["summary"][variant].items()}
-            print("acdc_reversed_stack_plain", variant, json.dumps(summary))
     exams = sorted(p for p in (shared / "data" / "sunnybrook").glob("SCD*") if p.is_dir())
-    for mirror in sorted({m for m, _ in settings}):
+    for mirror in sorted({m for m, _, _ in settings}):
         name = f"sunnybrook_{'mirror_avg' if mirror else 'plain'}"
         output[name] = evaluate_sunnybrook(model, exams, mirror=mirror)
         print(name, json.dumps(output[name]))
