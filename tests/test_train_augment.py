@@ -127,3 +127,14 @@ def test_crop_or_pad() -> None:
     assert np.array_equal(again, array[:, 3:5])
     with pytest.raises(ValueError):
         crop_or_pad(array, (2, 3, 4, 5))
+
+
+def test_flip_mirrors_exactly_and_only_when_asked() -> None:
+    image = torch.rand(64, 1, 12, 10)
+    plain = sample_affine(64, 2, 0.0, 0.0, [0.0, 0.0], 0.0, torch.Generator().manual_seed(3))
+    assert not plain[0].any()  # flip_prob 0 draws nothing extra
+    apply, matrix, offset = sample_affine(64, 2, 0.0, 0.0, [0.0, 0.0], 0.0, torch.Generator().manual_seed(3), 0.5)
+    assert 16 < int(apply.sum()) < 48  # about half mirrored, independently of prob (0 here)
+    out = random_affine(image, apply, matrix, offset, mode="nearest")
+    torch.testing.assert_close(out[apply], image[apply].flip(2))  # voxel i -> n - 1 - i along the first axis
+    torch.testing.assert_close(out[~apply], image[~apply])

@@ -71,6 +71,7 @@ class Task:
                 rotate_deg=view_cfg.rotate_range,
                 translate=view_cfg.translate_range[:dims],
                 dropout_size=view_cfg.dropout_size[:dims] if use_dropout else None,
+                flip_prob=cfg.flip,
                 label=None if dense is None else dense.float(),
                 label_mode=self.dense_mode,
                 points=batch["points"][view] if "points" in batch else None,

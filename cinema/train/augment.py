@@ -90,12 +90,16 @@ def sample_affine(
     translate: Sequence[float],
     scale_range: float,
     generator: torch.Generator | None = None,
+    flip_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw per-sample affine maps in voxel units about the image centre.
 
     An output voxel at centred index c samples the input at ``matrix @ c + offset``. Rotation is about the slice
     normal (the first two axes), uniform in [-rotate_deg, rotate_deg]; translation uniform in [-t, t] voxels per
     axis; scale 1 + U(-scale_range, scale_range) per axis. Samples not drawn for augmentation get the identity.
+    ``flip_prob``: each sample, independently of ``prob``, is also mirrored along its first axis with this
+    probability (with rotations over the full circle one axis gives every in-plane mirror image). It is drawn only
+    when positive, so runs without it keep their random stream.
 
     Returns:
         apply: (B,) bool, matrix: (B, n, n) float64, offset: (B, n) float64.
@@ -109,11 +113,15 @@ def sample_affine(
     rotation = torch.eye(n_dims, dtype=torch.float64).repeat(batch_size, 1, 1)
     cos, sin = torch.cos(angle), torch.sin(angle)
     rotation[:, 0, 0], rotation[:, 0, 1], rotation[:, 1, 0], rotation[:, 1, 1] = cos, -sin, sin, cos
-    matrix = rotation @ torch.diag_embed(scale)
-    identity = torch.eye(n_dims, dtype=torch.float64).expand_as(matrix)
-    keep = apply.reshape(-1, 1, 1)
-    matrix = torch.where(keep, matrix, identity)
+    identity = torch.eye(n_dims, dtype=torch.float64).expand(batch_size, n_dims, n_dims)
+    matrix = torch.where(apply.reshape(-1, 1, 1), rotation @ torch.diag_embed(scale), identity)
     offset = torch.where(apply.reshape(-1, 1), shift, torch.zeros_like(shift))
+    if flip_prob > 0:
+        flipped = torch.rand(batch_size, generator=generator) < flip_prob
+        mirror = torch.ones(batch_size, n_dims, dtype=torch.float64)
+        mirror[flipped, 0] = -1.0
+        matrix = matrix @ torch.diag_embed(mirror)
+        apply = apply | flipped
     return apply, matrix, offset
 
 
@@ -206,6 +214,7 @@ def augment_view(
     rotate_deg: float,
     translate: Sequence[float],
     dropout_size: Sequence[int] | None = None,
+    flip_prob: float = 0.0,
     label: torch.Tensor | None = None,
     label_mode: str = "nearest",
     points: torch.Tensor | None = None,
@@ -218,6 +227,7 @@ def augment_view(
             for heatmaps); never intensity-augmented.
         points: optional (B, K, n) voxel coordinates moved with the image.
         dropout_size: hole size for coarse dropout, None to skip it.
+        flip_prob: probability of an in-plane mirror image (see `sample_affine`).
 
     Returns:
         (image, label, points), augmented.
@@ -227,7 +237,7 @@ def augment_view(
     image = random_gaussian_noise(image, prob, noise_std, generator)
     image = scale_intensity(image)
     apply, matrix, offset = sample_affine(
-        image.shape[0], len(spatial), prob, rotate_deg, translate, scale_range, generator
+        image.shape[0], len(spatial), prob, rotate_deg, translate, scale_range, generator, flip_prob
     )
     # bilinear weights sum to 1 only up to rounding: keep the documented [0, 1] range exact
     image = random_affine(image, apply, matrix, offset, mode="bilinear").clamp_(0.0, 1.0)

@@ -147,6 +147,10 @@ class TransformConfig:
     # learn the training data's stack direction (ACDC runs base -> apex; DICOM stacks sorted along the slice normal
     # can run either way)
     context_flip: float = 0.5
+    # probability of an in-plane mirror image per sample (0 in the reference). For segmentation: exams stored with the
+    # other in-plane handedness (a reader's or vendor's axis convention the affine does not undo) are then no longer
+    # out of distribution. Not for landmarks or other outputs whose meaning has a side.
+    flip: float = 0.0
     sax: ViewTransformConfig = field(default_factory=_sax_transform)
     lax: ViewTransformConfig = field(default_factory=_lax_transform)
 
@@ -642,6 +646,7 @@ def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of ind
     )
     _check(0.0 <= transform.prob <= 1.0, "config key 'transform.prob' must be in [0, 1]")
     _check(0.0 <= transform.context_flip <= 1.0, "config key 'transform.context_flip' must be in [0, 1]")
+    _check(0.0 <= transform.flip <= 1.0, "config key 'transform.flip' must be in [0, 1]")
     _check(len(transform.gamma) == 2 and 0 < transform.gamma[0] <= transform.gamma[1], "bad 'transform.gamma' range")
     _check(transform.noise_std >= 0 and 0 <= transform.scale_range < 1, "bad 'transform.noise_std' / 'scale_range'")
     for key, view_t, n in (("transform.sax", transform.sax, 3), ("transform.lax", transform.lax, 2)):
