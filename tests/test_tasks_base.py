@@ -51,6 +51,18 @@ def test_soft_dice_loss() -> None:
     assert soft_dice_loss(half, target).item() == pytest.approx(0.5, abs=1e-5)
 
 
+def test_batch_dice_pools_the_batch() -> None:
+    # sample 0 holds the structure and is predicted exactly; sample 1 has none and one false-positive voxel
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, :2] = 1.0
+    probs = target.clone()
+    probs[1, 0, 0, 0] = 1.0
+    # per sample: sample 1 scores Dice ~0 for one voxel, so the mean loss is ~0.5
+    assert soft_dice_loss(probs, target).item() == pytest.approx(0.5, abs=1e-4)
+    # pooled: 2 * 8 / (9 + 8)
+    assert soft_dice_loss(probs, target, batch=True).item() == pytest.approx(1 - 16 / 17, abs=1e-5)
+
+
 def test_segmentation_loss_prefers_the_right_labels() -> None:
     labels = torch.randint(0, 4, (2, 1, 6, 6, 3))
     right = torch.nn.functional.one_hot(labels[:, 0], 4).movedim(-1, 1).float() * 20.0

@@ -121,9 +121,18 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: move(v) for k, v in batch.items()}
 
 
-def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """1 - Dice per sample and channel, averaged (MONAI DiceLoss: smooth 1e-5 in numerator and denominator)."""
+def soft_dice_loss(
+    probs: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, batch: bool = False
+) -> torch.Tensor:
+    """1 - Dice per sample and channel, averaged (MONAI DiceLoss: smooth 1e-5 in numerator and denominator).
+
+    ``batch``: one Dice per channel over the whole batch (nnU-Net's batch Dice, MONAI ``batch=True``). For 2-D slices
+    this matters: a slice without a structure otherwise scores 0 for the faintest false positive and 1 for none, a
+    full-weight all-or-nothing term per slice, and a tiny apical structure weighs as much as a basal one.
+    """
     dims = tuple(range(2, probs.ndim))
+    if batch:
+        dims = (0, *dims)
     intersection = (probs * target).sum(dims)
     total = probs.sum(dims) + target.sum(dims)
     return (1.0 - (2.0 * intersection + smooth) / (total + smooth)).mean()

@@ -32,13 +32,18 @@ def class_names(n_classes: int) -> dict[int, str]:
     return {k: str(k) for k in range(1, n_classes)}
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """Soft Dice (softmax, background excluded) + cross-entropy; ``labels`` (B, 1, *spatial) integers."""
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, batch_dice: bool = False
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Soft Dice (softmax, background excluded) + cross-entropy; ``labels`` (B, 1, *spatial) integers.
+
+    ``batch_dice``: the Dice over the whole batch rather than per sample (`soft_dice_loss`).
+    """
     logits = logits.float()
     target = labels[:, 0].long()
     ce = F.cross_entropy(logits, target)
     one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
-    dice = soft_dice_loss(torch.softmax(logits, dim=1)[:, 1:], one_hot[:, 1:])
+    dice = soft_dice_loss(torch.softmax(logits, dim=1)[:, 1:], one_hot[:, 1:], batch=batch_dice)
     return dice + ce, {"dice_loss": dice.item(), "cross_entropy": ce.item()}
 
 
@@ -58,7 +63,7 @@ class SegmentationTask(Task):
         logits = model(batch["image"])
         losses, parts = [], {}
         for view in self.views:
-            loss, view_parts = segmentation_loss(logits[view], batch["label"][view])
+            loss, view_parts = segmentation_loss(logits[view], batch["label"][view], self.config.train.batch_dice)
             losses.append(loss)
             for key, value in view_parts.items():
                 parts[key] = parts.get(key, 0.0) + value / len(self.views)

@@ -176,6 +176,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 5.0  # <= 0 disables clipping
     label_smoothing: float = 0.1
+    batch_dice: bool = False  # segmentation: Dice over the whole batch, not per sample (see tasks.base.soft_dice_loss)
     eval_interval: int = 1  # epochs between validations
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     amp: bool = True  # bf16 autocast
