@@ -1,4 +1,5 @@
-"""CPU speed of the base CineMA models: ConvUNetR-SAX inference and one MAE 4-view training step.
+"""CPU speed of the base CineMA models: ConvUNetR-SAX inference, one MAE 4-view training step, and one training step
+of the shipped default segmentation U-Net (2.5-D, batch 8 of 3 x 128 x 128, Dice + CE, AdamW).
 
     python benchmarks/models.py                  # all cases, fp32 and bf16 autocast
     python benchmarks/models.py --repeats 5 --threads 2 --cases convunetr_sax --precisions bf16
@@ -22,7 +23,8 @@ import subprocess
 import sys
 import time
 
-CASES = ("convunetr_sax", "mae_train")
+CASES = ("convunetr_sax", "mae_train", "unet2d_train")
+# the reference's timings; cases without one are compared with their own fp32 run
 REFERENCE_S = {"convunetr_sax": 6.1, "mae_train": 9.8}
 
 
@@ -42,6 +44,8 @@ def _run_case(case: str, precision: str, repeats: int, threads: int, channels_la
 
     from cinema.models.convunetr import ConvUNetR
     from cinema.models.mae import CineMA
+    from cinema.models.unet import UNet
+    from cinema.tasks.segmentation import segmentation_loss
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -56,6 +60,24 @@ def _run_case(case: str, precision: str, repeats: int, threads: int, channels_la
         def step() -> None:
             with torch.inference_mode(), autocast():
                 model({"sax": image})
+
+    elif case == "unet2d_train":
+        # the shipped default's architecture and batch (configs/default_sax_segmentation.yaml, context_slices 1)
+        model = UNet(2, in_chans=3, out_chans=4, chans=(16, 32, 64, 128, 256), patch_size=(2, 2), scale_factor=(2, 2))
+        model.train()
+        image = torch.rand(8, 3, 128, 128)
+        labels = torch.randint(0, 4, (8, 1, 128, 128))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            image = image.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+        def step() -> None:
+            with autocast():
+                loss = segmentation_loss(model(image), labels)[0]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     else:
         views = {"sax": (192, 192, 16), "lax_2c": (256, 256), "lax_3c": (256, 256), "lax_4c": (256, 256)}
@@ -96,7 +118,7 @@ def main() -> int:
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--channels-last", action="store_true", help="ConvUNetR in channels_last_3d memory format")
+    parser.add_argument("--channels-last", action="store_true", help="ConvUNetR / U-Net in channels_last memory format")
     parser.add_argument("--grad-ckpt", action="store_true", help="MAE training with per-block checkpointing")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -114,7 +136,9 @@ def main() -> int:
     print(f"CPU: {_cpu_name()} ({os.cpu_count()} logical CPUs), torch threads: {args.threads}")
     print(f"torch {torch.__version__}, python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'case':15s} {'precision':9s} {'median s':>9s} {'min s':>7s} {'cpu s':>7s} {'peak RSS':>9s} {'vs ref':>7s}")
+    print("(vs ref: the reference's time, or this case's fp32 run where the reference has none)")
     for case in args.cases:
+        fp32_s = None
         for precision in args.precisions:
             cmd = [sys.executable, __file__, "--one", case, precision, "--repeats", str(args.repeats)]
             cmd += ["--threads", str(args.threads)] + (["--channels-last"] if args.channels_last else [])
@@ -124,10 +148,12 @@ def main() -> int:
                 print(f"{case} {precision}: failed\n{proc.stderr[-2000:]}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            ratio = REFERENCE_S[case] / r["median_s"]
+            fp32_s = r["median_s"] if precision == "fp32" else fp32_s
+            baseline = REFERENCE_S.get(case, fp32_s)
+            ratio = f"{baseline / r['median_s']:6.2f}x" if baseline else "     -"
             print(
                 f"{case:15s} {precision:9s} {r['median_s']:9.2f} {r['min_s']:7.2f} {r['cpu_s_per_run']:7.2f} "
-                f"{r['peak_rss_mb']:7.0f}MB {ratio:6.2f}x"
+                f"{r['peak_rss_mb']:7.0f}MB {ratio}"
             )
     print(f"load average after: {os.getloadavg()[0]:.1f} (others' work on a shared machine inflates wall times)")
     return 0
