@@ -1,15 +1,20 @@
-"""Package a finished default-segmentation run as the shipped weights, with its recipe and validation numbers.
+"""Package a finished default-segmentation run (or an ensemble of packaged runs) as the shipped weights.
 
-Usage: python scripts/package_default_segmentation.py RUN_DIR TRAIN_LOG
+Usage:
+    python scripts/package_default_segmentation.py RUN_DIR TRAIN_LOG [--out DIR]
+    python scripts/package_default_segmentation.py --ensemble PACKAGED_DIR PACKAGED_DIR ... [--out DIR]
 
-Writes ``cinema/weights/sax_segmentation_unet2d/``: ``config.yaml``, ``model.safetensors`` (fp16 storage; loads as
-fp32) and ``recipe.json`` (training config, split, seed, device, epochs, wall time, torch version, and the validation
-numbers of the full inference pipeline with the fp32 run weights and with the fp16 package, without and with
-largest-component post-processing).
+A run becomes ``config.yaml``, ``model.safetensors`` (fp16 storage; loads as fp32) and ``recipe.json`` (training
+config, split, seed, device, epochs, wall time, torch version, and the validation numbers of the full inference
+pipeline with the fp32 run weights and with the fp16 package, without and with largest-component post-processing).
+``--ensemble`` copies already packaged folders (each with its recipe.json) into one folder as members, writes
+``ensemble.yaml`` (`cinema.analysis.segment` averages the members' probabilities) and a recipe.json with the
+ensemble's own validation numbers. ``--out`` defaults to ``cinema/weights/sax_segmentation_unet2d/`` (replaced whole).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -44,7 +49,78 @@ def _cpu() -> str:
     return f"{os.cpu_count()}-core CPU ({names[0] if names else 'unknown'}{amx})"
 
 
-def main(run_dir: Path, log: Path) -> None:
+def _replace(tmp: Path, target: Path) -> None:
+    """Move the finished ``tmp`` folder to ``target`` (replacing it), readable by every user of the package."""
+    for path in tmp.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+
+
+def _ci_numbers(result: dict) -> dict:
+    return {
+        row["id"]: {k: v for k, v in row.items() if k.startswith("lcc_dice")}
+        for row in result["patients"]
+        if row["id"] in CI_PATIENTS
+    }
+
+
+def package_ensemble(members: list[Path], target: Path) -> None:
+    """Copy packaged model folders into ``target`` as the members of one ensemble, and score the ensemble."""
+    torch.set_num_threads(int(os.environ.get("CINEMA_THREADS", "1")))
+    recipes = {}
+    for folder in members:
+        if not (folder / "recipe.json").is_file():
+            raise SystemExit(f"{folder}: not a packaged model folder (no recipe.json); package the run first")
+        recipes[folder.name] = json.loads((folder / "recipe.json").read_text())
+    if len(recipes) != len(members):
+        raise SystemExit("ensemble members need distinct folder names")
+    splits = {json.dumps(r["split"]["val"]) for r in recipes.values()}
+    if len(splits) != 1:
+        raise SystemExit("ensemble members were validated on different splits")
+    split = next(iter(recipes.values()))["split"]
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for folder in members:
+        shutil.copytree(folder, tmp / folder.name)
+    names = [folder.name for folder in members]
+    (tmp / "ensemble.yaml").write_text(
+        "# cinema.analysis.segment averages the softmax probabilities of these model folders\n"
+        + yaml.safe_dump({"members": names})
+    )
+    acdc = REPO_ROOT.parent / "shared" / "data" / "acdc"
+    result = evaluate_patients(load_segmentation_model(tmp), [acdc / i for i in split["val"]])
+    recipe = {
+        "model": f"ensemble of {len(names)} models (mean of their softmax probabilities): "
+        + "; ".join(f"{n}: {recipes[n]['model']}" for n in names),
+        "members": names,
+        "reproduce": "reproduce and package each member (its own recipe.json), then python "
+        "scripts/package_default_segmentation.py --ensemble " + " ".join(names),
+        "data": next(iter(recipes.values()))["data"],
+        "split": split,
+        "device": "inference as for any model; each member's training device is in its recipe.json",
+        "torch": torch.__version__,
+        "validation_pipeline": next(iter(recipes.values()))["validation_pipeline"],
+        "validation_fp16_shipped": result["summary"],
+        "members_validation_fp16": {n: recipes[n]["validation_fp16_shipped"] for n in names},
+        "ci_check": _ci_numbers(result),
+    }
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1))
+    _replace(tmp, target)
+    for variant in ("raw", "lcc"):
+        print("ensemble", variant, json.dumps({k: round(v, 4) for k, v in result["summary"][variant].items()}))
+    print("CI patients", json.dumps(recipe["ci_check"], indent=1))
+
+
+def main(run_dir: Path, log: Path, target: Path = TARGET) -> None:
     torch.set_num_threads(1)
     acdc = REPO_ROOT.parent / "shared" / "data" / "acdc"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -61,7 +137,7 @@ def main(run_dir: Path, log: Path) -> None:
         started_from = json.loads((source / "recipe.json").read_text())
         started_from.pop("ci_check", None)
 
-    tmp = TARGET.with_name(f".{TARGET.name}.tmp")
+    tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copy(run_dir / "model" / "config.yaml", tmp / "config.yaml")
@@ -71,11 +147,7 @@ def main(run_dir: Path, log: Path) -> None:
     folders = [acdc / i for i in splits["val"]]
     fp32 = evaluate_patients(load_segmentation_model(run_dir / "model"), folders)
     fp16 = evaluate_patients(load_segmentation_model(tmp), folders)
-    ci = {
-        row["id"]: {k: v for k, v in row.items() if k.startswith("lcc_dice")}
-        for row in fp16["patients"]
-        if row["id"] in CI_PATIENTS
-    }
+    ci = _ci_numbers(fp16)
     recipe = {
         "model": "2-D residual U-Net on SAX slices (cinema.models.unet), 1.5 mm in-plane, 128 x 128 canvas"
         + (
@@ -119,16 +191,7 @@ def main(run_dir: Path, log: Path) -> None:
         )
         recipe["initialised_from"] = started_from
     (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1))
-    for path in tmp.iterdir():
-        path.chmod(0o644)  # package data readable by every user of an installed package
-    if TARGET.exists():
-        old = TARGET.with_name(f".{TARGET.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(TARGET, old)
-        os.replace(tmp, TARGET)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, TARGET)
+    _replace(tmp, target)
     for name, result in (("fp32", fp32), ("fp16 shipped", fp16)):
         for variant in ("raw", "lcc"):
             print(name, variant, json.dumps({k: round(v, 4) for k, v in result["summary"][variant].items()}))
@@ -136,6 +199,14 @@ def main(run_dir: Path, log: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit(__doc__)
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", type=Path, help="RUN_DIR TRAIN_LOG, or the packaged members")
+    parser.add_argument("--ensemble", action="store_true", help="the paths are packaged folders to combine")
+    parser.add_argument("--out", type=Path, default=TARGET, help=f"folder to write (default {TARGET})")
+    args = parser.parse_args()
+    if args.ensemble:
+        package_ensemble(args.paths, args.out)
+    elif len(args.paths) == 2:
+        main(args.paths[0], args.paths[1], args.out)
+    else:
+        parser.error("expected RUN_DIR TRAIN_LOG (or --ensemble with packaged folders)")

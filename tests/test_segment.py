@@ -21,17 +21,20 @@ from cinema.models.checkpoint import save_model
 from cinema.models.unet import UNet, unet_config
 
 
+def _tiny_unet_folder(folder, seed: int, spacing=(1.5, 1.5)):
+    """A small random 2-D slice U-Net in the shipped model's format (32 x 32 canvas)."""
+    torch.manual_seed(seed)
+    config = unet_config(view="sax", n_dims=2, chans=(4, 8), patch_size=(2, 2), scale_factor=(2, 2), dropout=0.0)
+    config["task"] = "segmentation"
+    config["data"]["sax"] = {"spacing": list(spacing), "patch_size": [32, 32], "in_chans": 1}
+    save_model(UNet.from_config(config), folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     """A small random 2-D slice U-Net in the shipped model's format (1.5 mm, 32 x 32 canvas)."""
-    torch.manual_seed(0)
-    config = unet_config(view="sax", n_dims=2, chans=(4, 8), patch_size=(2, 2), scale_factor=(2, 2), dropout=0.0)
-    config["task"] = "segmentation"
-    config["data"]["sax"] = {"spacing": [1.5, 1.5], "patch_size": [32, 32], "in_chans": 1}
-    model = UNet.from_config(config)
-    folder = tmp_path_factory.mktemp("weights") / "tiny"
-    save_model(model, folder)
-    return folder
+    return _tiny_unet_folder(tmp_path_factory.mktemp("weights") / "tiny", 0)
 
 
 def _oblique_affine() -> np.ndarray:
@@ -167,6 +170,45 @@ def test_non_segmentation_weights_are_rejected(golden_dir):
         load_segmentation_model(golden_dir / "convvit_tiny_sax_classification")
     with pytest.raises(ValueError, match="SAX model"):
         load_segmentation_model(golden_dir / "convunetr_tiny_lax_4c")
+
+
+def test_ensemble_averages_the_members_probabilities(tmp_path):
+    from cinema.analysis.segment import _model_space, _predict_probs
+
+    a, b = _tiny_unet_folder(tmp_path / "a", 1), _tiny_unet_folder(tmp_path / "b", 2)
+    ensemble = tmp_path / "ensemble"
+    ensemble.mkdir()
+    (ensemble / "ensemble.yaml").write_text("members: [../a, ../b]\n")
+    model = load_segmentation_model(ensemble)
+    assert model.n_members == 2 and model.source == str(ensemble)
+    view = CineView(image=_cine(), affine=_oblique_affine())
+    center = np.array([40.0, -120.0, 15.0])
+    images, _ = _model_space(view, [0, 1], model, center)
+    probs = [_predict_probs(load_segmentation_model(f), images, 8, amp=False) for f in (a, b)]
+    assert np.abs(probs[0] - probs[1]).max() > 1e-3  # two different networks
+    np.testing.assert_allclose(_predict_probs(model, images, 8, amp=False), (probs[0] + probs[1]) / 2, atol=1e-6)
+    labels = segment_view(view, model, center_mm=center)
+    assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
+
+
+def test_ensemble_errors_name_the_file(tmp_path):
+    _tiny_unet_folder(tmp_path / "a", 1)
+    _tiny_unet_folder(tmp_path / "coarse", 2, spacing=(2.0, 2.0))
+    cases = {
+        "members: []\n": "at least one model folder",
+        "members: [a, missing]\n": "missing is not a model folder",
+        "members: [a, coarse]\n": "model space",
+        "members: [a\n": "not valid YAML",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        folder = tmp_path / f"e{i}"
+        folder.mkdir()
+        for member in ("a", "coarse"):
+            (folder / member).symlink_to(tmp_path / member)
+        (folder / "ensemble.yaml").write_text(text)
+        with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
+            load_segmentation_model(folder)
+        assert "ensemble.yaml" in str(error.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

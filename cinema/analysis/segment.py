@@ -15,6 +15,10 @@ Two kinds of network are handled alike:
   sliding windows (softmax average) where the stack is longer. A 3-D network with a one-slice patch (a ConvUNetR
   trained on SAX slices, ``data.sax.patch_size: [X, Y, 1]``) keeps the native slices like the 2-D U-Net.
 
+An ensemble is a folder with ``ensemble.yaml`` (``members: [folder, ...]``, paths relative to it) whose members are
+model folders of the same geometry (spacing, canvas, context slices, classes); their softmax probabilities are
+averaged, and every member stays an ordinary official-format model folder.
+
 When the cine has no usable motion (a single frame, a static series) and no long-axis planes locate the heart, the
 network itself finds it: a first pass over the whole field of view with sliding windows, then the heart-centred
 crop around the predicted foreground.
@@ -50,6 +54,8 @@ from cinema.preprocess.slices import neighbour_slices
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ENSEMBLE_FILE",
+    "ProbabilityAverage",
     "SegmentationModel",
     "heart_confidence",
     "POSTPROCESS_CLASSES",
@@ -60,6 +66,7 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZE = 32
+ENSEMBLE_FILE = "ensemble.yaml"
 MIRROR_DEFAULT = False
 FOREGROUND = (1, 2, 3)
 POSTPROCESS_CLASSES = (3,)  # the LV cavity: see the module notes for the measurement
@@ -86,6 +93,7 @@ class SegmentationModel:
     n_classes: int
     source: str = ""
     context_slices: int = 0
+    n_members: int = 1
 
     @property
     def device(self) -> torch.device:
@@ -95,6 +103,46 @@ class SegmentationModel:
     def slice_wise(self) -> bool:
         """True when the network sees one slice at a time (a 2-D model, or a 3-D one with a one-slice patch)."""
         return self.n_dims == 2 or self.patch_size[2] == 1
+
+
+class ProbabilityAverage(nn.Module):
+    """Several segmentation networks as one: ``{view: x}`` -> ``{view: log(mean of the members' softmax)}``.
+
+    The log of the averaged probabilities is returned in place of logits, so that the softmax every caller applies
+    gives back exactly the averaged probabilities.
+    """
+
+    def __init__(self, networks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not networks:
+            raise ValueError("an ensemble needs at least one network")
+        self.members = nn.ModuleList(networks)
+
+    def forward(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for view in views:
+            probs = torch.stack([torch.softmax(m(views)[view].float(), dim=1) for m in self.members]).mean(0)
+            out[view] = torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+        return out
+
+
+def ensemble_members(folder: Path) -> list[Path]:
+    """Member model folders named by ``folder/ensemble.yaml`` (``members: [path, ...]``, relative to ``folder``)."""
+    import yaml
+
+    spec_file = folder / ENSEMBLE_FILE
+    try:
+        spec = yaml.safe_load(spec_file.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{spec_file}: not valid YAML ({error})") from error
+    members = spec.get("members") if isinstance(spec, dict) else None
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise ValueError(f"{spec_file}: expected 'members: [folder, ...]' naming at least one model folder")
+    paths = [(folder / m).resolve() for m in members]
+    for path in paths:
+        if not (path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{spec_file}: member {path} is not a model folder (no config.yaml)")
+    return paths
 
 
 def resolve_weights(weights: str | Path) -> tuple[Path, Path | None]:
@@ -135,8 +183,8 @@ def load_segmentation_model(weights: str | Path | None = None, device: str | tor
     """Load the shipped default SAX model (``weights=None``) or any official-format SAX segmentation checkpoint.
 
     Args:
-        weights: a model folder (config.yaml + model.safetensors), a config.yaml, or a .safetensors file with a
-            config.yaml beside it; None for the shipped default.
+        weights: a model folder (config.yaml + model.safetensors), a config.yaml, a .safetensors file with a
+            config.yaml beside it, or an ensemble folder (``ensemble.yaml``); None for the shipped default.
         device: "cpu", "cuda", "cuda:1", ...
     """
     from cinema.models.checkpoint import load_model, model_kind, read_config
@@ -145,6 +193,8 @@ def load_segmentation_model(weights: str | Path | None = None, device: str | tor
         from cinema.weights import default_weights_dir
 
         weights = default_weights_dir("sax_segmentation")
+    if Path(weights).is_dir() and (Path(weights) / ENSEMBLE_FILE).is_file():
+        return _load_ensemble(Path(weights), device)
     config_path, weights_file = resolve_weights(weights)
     config, _ = read_config(config_path)
     where = str(weights)
@@ -174,6 +224,33 @@ def load_segmentation_model(weights: str | Path | None = None, device: str | tor
             "channels (a 2-D model with k context slices takes 1 + 2k channels)"
         )
     return SegmentationModel(network, n_dims, spacing, patch, n_classes, source=where, context_slices=context)
+
+
+def _load_ensemble(folder: Path, device: str | torch.device) -> SegmentationModel:
+    members = []
+    for path in ensemble_members(folder):
+        if (path / ENSEMBLE_FILE).is_file():
+            raise ValueError(f"{folder / ENSEMBLE_FILE}: member {path} is itself an ensemble")
+        members.append(load_segmentation_model(path, device))
+    first = members[0]
+    geometry = (first.n_dims, first.spacing, first.patch_size, first.n_classes, first.context_slices)
+    for member in members[1:]:
+        if (member.n_dims, member.spacing, member.patch_size, member.n_classes, member.context_slices) != geometry:
+            raise ValueError(
+                f"{folder / ENSEMBLE_FILE}: {member.source} does not share {first.source}'s model space (dimensions, "
+                "spacing, patch size, classes and context slices must match to average their probabilities)"
+            )
+    network = ProbabilityAverage([m.network for m in members]).eval()
+    return SegmentationModel(
+        network,
+        first.n_dims,
+        first.spacing,
+        first.patch_size,
+        first.n_classes,
+        source=str(folder),
+        context_slices=first.context_slices,
+        n_members=len(members),
+    )
 
 
 # -------------------------------------------------------------------------------------------------------------------

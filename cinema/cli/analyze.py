@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights",
         default=None,
         help="SAX segmentation model folder, config.yaml or .safetensors, e.g. an official CineMA fine-tuned "
-        "checkpoint (default: shipped model)",
+        "checkpoint, or an ensemble folder (ensemble.yaml) (default: shipped model)",
     )
     parser.add_argument(
         "--landmark-weights",

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         default=None,
-        help="model folder (config.yaml + *.safetensors), config.yaml or .safetensors file (default: shipped model)",
+        help="model folder (config.yaml + *.safetensors), config.yaml, .safetensors file, or ensemble folder "
+        "(ensemble.yaml naming model folders; their probabilities are averaged) (default: shipped model)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=32, help="slices (2-D model) or frames (3-D) per pass")
