@@ -45,8 +45,8 @@ def _cpu() -> str:
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
-    amx = " with AMX" if "amx_bf16" in flags else ""
-    return f"{os.cpu_count()}-core CPU ({names[0] if names else 'unknown'}{amx})"
+    bf16 = " with AMX" if "amx_bf16" in flags else " with AVX-512 BF16" if "avx512_bf16" in flags else ""
+    return f"{os.cpu_count()}-core CPU ({names[0] if names else 'unknown'}{bf16})"
 
 
 def _replace(tmp: Path, target: Path) -> None:

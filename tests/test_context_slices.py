@@ -123,10 +123,14 @@ def test_slice_model_widened_to_context_predicts_exactly_as_before(acdc_dir: Pat
 
 
 def test_context_that_does_not_fit_the_network_is_rejected(tmp_path: Path) -> None:
+    from cinema.analysis.segment import ENSEMBLE_FILE, ensemble_members
     from cinema.weights import default_weights_dir
 
+    shipped = default_weights_dir("sax_segmentation")
+    if (shipped / ENSEMBLE_FILE).is_file():
+        shipped = ensemble_members(shipped)[0]
     folder = tmp_path / "model"
-    shutil.copytree(default_weights_dir("sax_segmentation"), folder)
+    shutil.copytree(shipped, folder)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     context = config["data"]["sax"].get("context_slices", 0)
     config["data"]["sax"]["context_slices"] = context + 1  # the network's input channels stay as they are

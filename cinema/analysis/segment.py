@@ -57,6 +57,7 @@ __all__ = [
     "ENSEMBLE_FILE",
     "ProbabilityAverage",
     "SegmentationModel",
+    "ensemble_members",
     "heart_confidence",
     "POSTPROCESS_CLASSES",
     "keep_largest_components",
