@@ -43,9 +43,10 @@ END_SLICE_AREA = 0.25
 # a second connected piece holding this fraction of a structure counts as a split (ACDC manual labels: at most 16 %,
 # 99th percentile 4 %, over 80 patients x ED/ES)
 SPLIT_FRACTION = 0.2
-# exam mean of `heart_confidence` below which the image is flagged as unlike the training data: the shipped model
-# scored 0.938-0.968 per frame on the 15 held-out ACDC exams and 0.939-0.953 on the Sunnybrook (GE) exams, but
-# 0.64-0.87 on gamma noise and on exams with their pixels scrambled in 8x8 blocks (benchmarks/qc_confidence.py)
+# exam mean of `heart_confidence` below which the image is flagged as unlike the training data: the shipped ensemble
+# scored 0.930-0.968 per frame on the 15 held-out ACDC exams and 0.918-0.953 on the Sunnybrook (GE) exams, but
+# 0.52-0.80 on gamma noise and on exams with their pixels scrambled in 8x8 blocks (benchmarks/qc_confidence.py; the
+# single v3 model: 0.938-0.968, 0.939-0.953 and 0.64-0.87)
 MIN_CONFIDENCE = 0.9
 CONFIDENCE_NOT_AVAILABLE = "model confidence was not checked: no heart was predicted in any frame"
 

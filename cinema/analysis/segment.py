@@ -24,11 +24,12 @@ network itself finds it: a first pass over the whole field of view with sliding 
 crop around the predicted foreground.
 
 Post-processing keeps the largest connected component (3-D, face connectivity) of the LV cavity only. Measured with
-the shipped model on its 15 validation patients (benchmarks/segment.py): no post-processing gave mean Dice 0.9013,
-LVEF / RVEF MAE 2.25 / 5.36; the largest component of every structure 0.9009, 2.37 / 5.66 (the RV and the myocardium
-can be truly split into pieces at the base and apex, so removing pieces cost Dice and RV volume); the LV cavity alone
-0.9016, 2.37 / 5.36, which is the default (the rule: keep what raises validation Dice).
-Mirror averaging (``mirror=True``: also predict the mirror image) is off by default. Measured with the shipped model
+the single v3 model (now a member of the shipped ensemble) on its 15 validation patients (benchmarks/segment.py): no
+post-processing gave mean Dice 0.9013, LVEF / RVEF MAE 2.25 / 5.36; the largest component of every structure 0.9009,
+2.37 / 5.66 (the RV and the myocardium can be truly split into pieces at the base and apex, so removing pieces cost
+Dice and RV volume); the LV cavity alone 0.9016, 2.37 / 5.36, which is the default (the rule: keep what raises
+validation Dice). The shipped ensemble: 0.9087 without, 0.9088 with it.
+Mirror averaging (``mirror=True``: also predict the mirror image) is off by default. Measured with v3
 (benchmarks/segment.py --compare-mirror): it recovers mirror-image input (mean Dice 0.873 -> 0.896 and RVEF MAE
 10.7 -> 6.7 on mirrored ACDC validation exams) but costs Dice on exams as they are (ACDC 0.902 -> 0.896, Sunnybrook
 DICOM exams LV 0.933 -> 0.927, MYO 0.767 -> 0.752) and doubles the time.
@@ -397,8 +398,8 @@ def _heart_from_prediction(
 def heart_confidence(probs: np.ndarray) -> float:
     """Mean top-class probability over the voxels predicted as heart (any foreground class) in model space.
 
-    Boundary voxels are uncertain by nature, so even good frames stay below 1: the shipped model scored 0.938-0.968 on
-    held-out ACDC and Sunnybrook frames and 0.64-0.87 on non-anatomical input (`cinema.analysis.qc.MIN_CONFIDENCE`).
+    Boundary voxels are uncertain by nature, so even good frames stay below 1: the shipped ensemble scored 0.918-0.968
+    on held-out ACDC and Sunnybrook frames and 0.52-0.80 on non-anatomical input (`cinema.analysis.qc.MIN_CONFIDENCE`).
     NaN when no heart is predicted.
     """
     top = probs.max(axis=0)
