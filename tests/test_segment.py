@@ -191,12 +191,30 @@ def test_ensemble_averages_the_members_probabilities(tmp_path):
     assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
 
 
+def test_ensemble_of_seeds_in_one_official_folder(tmp_path):
+    """The official release keeps its three seeds as <name>_<seed>.safetensors beside one config.yaml."""
+    import shutil
+
+    folder = _tiny_unet_folder(tmp_path / "acdc_sax", 1)
+    shutil.move(folder / "model.safetensors", folder / "acdc_sax_0.safetensors")
+    other = _tiny_unet_folder(tmp_path / "other", 2)
+    shutil.copy(other / "model.safetensors", folder / "acdc_sax_1.safetensors")
+    (folder / "ensemble.yaml").write_text("members: [acdc_sax_0.safetensors, acdc_sax_1.safetensors]\n")
+    model = load_segmentation_model(folder)
+    assert model.n_members == 2
+    seeds = [load_segmentation_model(folder / f"acdc_sax_{i}.safetensors") for i in (0, 1)]
+    x = {SAX: torch.rand(2, 1, 32, 32)}
+    with torch.no_grad():
+        mean = (torch.softmax(seeds[0].network(x)[SAX], 1) + torch.softmax(seeds[1].network(x)[SAX], 1)) / 2
+        np.testing.assert_allclose(torch.softmax(model.network(x)[SAX], 1).numpy(), mean.numpy(), atol=1e-6)
+
+
 def test_ensemble_errors_name_the_file(tmp_path):
     _tiny_unet_folder(tmp_path / "a", 1)
     _tiny_unet_folder(tmp_path / "coarse", 2, spacing=(2.0, 2.0))
     cases = {
         "members: []\n": "at least one model folder",
-        "members: [a, missing]\n": "missing is not a model folder",
+        "members: [a, missing]\n": "missing is neither a model folder",
         "members: [a, coarse]\n": "model space",
         "members: [a\n": "not valid YAML",
     }

@@ -15,9 +15,11 @@ Two kinds of network are handled alike:
   sliding windows (softmax average) where the stack is longer. A 3-D network with a one-slice patch (a ConvUNetR
   trained on SAX slices, ``data.sax.patch_size: [X, Y, 1]``) keeps the native slices like the 2-D U-Net.
 
-An ensemble is a folder with ``ensemble.yaml`` (``members: [folder, ...]``, paths relative to it) whose members are
-model folders of the same geometry (spacing, canvas, context slices, classes); their softmax probabilities are
-averaged, and every member stays an ordinary official-format model folder.
+An ensemble is a folder with ``ensemble.yaml`` (``members: [path, ...]``, relative to it) whose members are model
+folders, or .safetensors files with a config.yaml beside them, of the same geometry (spacing, canvas, context slices,
+classes); their softmax probabilities are averaged, and every member stays an ordinary official-format checkpoint.
+An official fine-tuned folder with its three seeds becomes one with ``members: [acdc_sax_0.safetensors,
+acdc_sax_1.safetensors, acdc_sax_2.safetensors]`` written beside its config.yaml.
 
 When the cine has no usable motion (a single frame, a static series) and no long-axis planes locate the heart, the
 network itself finds it: a first pass over the whole field of view with sliding windows, then the heart-centred
@@ -129,7 +131,9 @@ class ProbabilityAverage(nn.Module):
 
 
 def ensemble_members(folder: Path) -> list[Path]:
-    """Member model folders named by ``folder/ensemble.yaml`` (``members: [path, ...]``, relative to ``folder``)."""
+    """Members named by ``folder/ensemble.yaml`` (``members: [path, ...]``, relative to ``folder``): model folders, or
+    .safetensors files with a config.yaml beside them (an official fine-tuned folder's seeds, ``acdc_sax_0.safetensors``
+    ...)."""
     import yaml
 
     spec_file = folder / ENSEMBLE_FILE
@@ -142,8 +146,12 @@ def ensemble_members(folder: Path) -> list[Path]:
         raise ValueError(f"{spec_file}: expected 'members: [folder, ...]' naming at least one model folder")
     paths = [(folder / m).resolve() for m in members]
     for path in paths:
-        if not (path / "config.yaml").is_file():
-            raise FileNotFoundError(f"{spec_file}: member {path} is not a model folder (no config.yaml)")
+        weights_file = path.suffix == ".safetensors" and path.is_file() and (path.parent / "config.yaml").is_file()
+        if not weights_file and not (path / "config.yaml").is_file():
+            raise FileNotFoundError(
+                f"{spec_file}: member {path} is neither a model folder (config.yaml) nor a .safetensors file with a "
+                "config.yaml beside it"
+            )
     return paths
 
 
