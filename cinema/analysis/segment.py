@@ -123,9 +123,10 @@ class ProbabilityAverage(nn.Module):
         self.members = nn.ModuleList(networks)
 
     def forward(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = [member(views) for member in self.members]  # each member runs once, whatever the views
         out = {}
-        for view in views:
-            probs = torch.stack([torch.softmax(m(views)[view].float(), dim=1) for m in self.members]).mean(0)
+        for view in outputs[0]:
+            probs = torch.stack([torch.softmax(o[view].float(), dim=1) for o in outputs]).mean(0)
             out[view] = torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
         return out
 
