@@ -28,6 +28,7 @@ import torch
 from cinema.analysis.segment import (
     MIRROR_DEFAULT,
     POSTPROCESS_CLASSES,
+    ROTATE_DEFAULT,
     SegmentationModel,
     keep_largest_components,
     load_segmentation_model,
@@ -70,6 +71,7 @@ def evaluate_patients(
     mirror: bool = MIRROR_DEFAULT,
     mirrored_input: bool = False,
     reversed_stack: bool = False,
+    rotate: bool = ROTATE_DEFAULT,
 ) -> dict[str, Any]:
     """Per-patient rows and summary numbers, raw and post-processed (largest component per class)."""
     rows = []
@@ -81,7 +83,7 @@ def evaluate_patients(
             study = _reversed_stack(study)
         started = time.perf_counter()
         frames = [study.ed_frame, study.es_frame]
-        raw = segment_study(study, model, frames=frames, postprocess=False, amp=amp, mirror=mirror)
+        raw = segment_study(study, model, frames=frames, postprocess=False, amp=amp, mirror=mirror, rotate=rotate)
         seconds = time.perf_counter() - started
         spacing = study.sax.spacing
         row: dict[str, Any] = {"id": folder.name, "group": study.metadata.get("group"), "seconds": seconds}
@@ -103,7 +105,9 @@ def evaluate_patients(
     return {"patients": rows, "summary": summarise(rows)}
 
 
-def evaluate_sunnybrook(model: SegmentationModel, exams: list[Path], mirror: bool = MIRROR_DEFAULT) -> dict[str, Any]:
+def evaluate_sunnybrook(
+    model: SegmentationModel, exams: list[Path], mirror: bool = MIRROR_DEFAULT, rotate: bool = ROTATE_DEFAULT
+) -> dict[str, Any]:
     """LV cavity and myocardium Dice on the contoured images of Sunnybrook exams (GE, another vendor than ACDC),
     pooled over each exam's contoured slices; post-processed predictions of the contoured frames."""
     results = {}
@@ -111,7 +115,7 @@ def evaluate_sunnybrook(model: SegmentationModel, exams: list[Path], mirror: boo
         study = read_dicom_study(exam / "dicom")
         contours = read_sunnybrook_contours(exam, study)
         frames = sorted({frame for _, frame in contours})
-        pred = segment_study(study, model, frames=frames, mirror=mirror)
+        pred = segment_study(study, model, frames=frames, mirror=mirror, rotate=rotate)
         counts = {"lv": [0, 0], "myo": [0, 0]}  # [2 * intersection, |pred| + |true|]
         for (z, frame), masks in contours.items():
             labels = pred[frame][:, :, z]
@@ -154,6 +158,9 @@ def main() -> None:
     parser.add_argument(
         "--reversed-stack", action="store_true", help="also ACDC with the slices stored in the opposite order"
     )
+    parser.add_argument(
+        "--rotate", action="store_true", help="average the four in-plane quarter turns (test-time augmentation)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_segmentation_model(args.weights)
@@ -179,7 +186,13 @@ def main() -> None:
         changed = "_mirrored_input" if flipped else "_reversed_stack" if reversed_stack else ""
         name = f"acdc{changed}_{'mirror_avg' if mirror else 'plain'}"
         result = evaluate_patients(
-            model, folders, amp=args.amp, mirror=mirror, mirrored_input=flipped, reversed_stack=reversed_stack
+            model,
+            folders,
+            amp=args.amp,
+            mirror=mirror,
+            mirrored_input=flipped,
+            reversed_stack=reversed_stack,
+            rotate=args.rotate,
         )
         output[name] = result
         for variant in ("raw", "lcc"):
@@ -188,7 +201,7 @@ def main() -> None:
     exams = sorted(p for p in (shared / "data" / "sunnybrook").glob("SCD*") if p.is_dir())
     for mirror in sorted({m for m, _, _ in settings}):
         name = f"sunnybrook_{'mirror_avg' if mirror else 'plain'}"
-        output[name] = evaluate_sunnybrook(model, exams, mirror=mirror)
+        output[name] = evaluate_sunnybrook(model, exams, mirror=mirror, rotate=args.rotate)
         print(name, json.dumps(output[name]))
     if args.json:
         Path(args.json).write_text(json.dumps(output, indent=1))

@@ -191,6 +191,27 @@ def test_ensemble_averages_the_members_probabilities(tmp_path):
     assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
 
 
+def test_quarter_turn_average_is_exactly_rotation_equivariant(tiny_weights):
+    """Averaging the four quarter turns gives the same answer for an image and its rotation (rotated back), which a
+    single pass of a (random) network does not."""
+    from cinema.analysis.segment import _model_space, _predict_probs
+
+    model = load_segmentation_model(tiny_weights)
+    view = CineView(image=_cine(), affine=_oblique_affine())
+    images, _ = _model_space(view, [0, 1], model, np.array([40.0, -120.0, 15.0]))
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(0, 1)))
+    plain = _predict_probs(model, images, 8, amp=False)
+    plain_turned = np.rot90(_predict_probs(model, turned, 8, amp=False), -1, axes=(1, 2))
+    assert np.abs(plain - plain_turned).max() > 1e-3
+    averaged = _predict_probs(model, images, 8, amp=False, rotate=True)
+    averaged_turned = np.rot90(_predict_probs(model, turned, 8, amp=False, rotate=True), -1, axes=(1, 2))
+    np.testing.assert_allclose(averaged, averaged_turned, atol=1e-5)
+    np.testing.assert_allclose(averaged.sum(axis=0), 1.0, atol=1e-5)
+    assert not np.allclose(averaged, plain, atol=1e-3)
+    labels = segment_view(view, model, center_mm=np.array([40.0, -120.0, 15.0]), rotate=True)
+    assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
+
+
 def test_ensemble_of_seeds_in_one_official_folder(tmp_path):
     """The official release keeps its three seeds as <name>_<seed>.safetensors beside one config.yaml."""
     import shutil

@@ -72,6 +72,7 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 32
 ENSEMBLE_FILE = "ensemble.yaml"
 MIRROR_DEFAULT = False
+ROTATE_DEFAULT = False
 FOREGROUND = (1, 2, 3)
 POSTPROCESS_CLASSES = (3,)  # the LV cavity: see the module notes for the measurement
 
@@ -313,22 +314,35 @@ def scale_frames(images: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def _predict_probs(
-    model: SegmentationModel, volumes: np.ndarray, batch_size: int, amp: bool, mirror: bool = False
+    model: SegmentationModel,
+    volumes: np.ndarray,
+    batch_size: int,
+    amp: bool,
+    mirror: bool = False,
+    rotate: bool = False,
 ) -> np.ndarray:
     """Softmax probabilities (C, X, Y, Z, F) of model-space frames (X, Y, Z, F) already scaled to [0, 1].
 
     In-plane axes larger than the patch (the whole-field search pass) are covered with sliding windows.
+    ``rotate`` averages the predictions of the four in-plane quarter turns of every window.
     """
     from cinema.tasks.base import average_windows
 
     device = model.device
     x_size, y_size, depth, n_frames = volumes.shape
     patch = model.patch_size
+    if rotate and patch[0] != patch[1]:
+        raise ValueError(f"{model.source}: quarter-turn averaging needs a square in-plane patch, got {patch[:2]}")
+    turns = (0, 1, 2, 3) if rotate else (0,)
 
     def softmax(window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with _autocast(device, amp):
-            logits = model.network(window)[SAX]
-        return {SAX: torch.softmax(logits.float(), dim=1)}
+        total = None
+        for k in turns:
+            with _autocast(device, amp):
+                logits = model.network({SAX: torch.rot90(window[SAX], k, dims=(2, 3))})[SAX]
+            probs = torch.rot90(torch.softmax(logits.float(), dim=1), -k, dims=(2, 3))
+            total = probs if total is None else total + probs
+        return {SAX: total / len(turns)}
 
     if model.n_dims == 2:
         # every slice of every frame is one sample, with its neighbours as channels: (F * Z, 1 + 2k, X, Y)
@@ -426,6 +440,7 @@ def segment_view(
     postprocess: bool = True,
     amp: bool = False,
     mirror: bool = MIRROR_DEFAULT,
+    rotate: bool = ROTATE_DEFAULT,
     confidence: dict[int, float] | None = None,
 ) -> dict[int, np.ndarray]:
     """Segment frames of a SAX view; returns stored frame index -> uint8 labels of the view's spatial shape.
@@ -441,6 +456,7 @@ def segment_view(
         amp: bf16 autocast (faster on CPUs with AMX and on recent GPUs; not bit-identical to fp32).
         mirror: also predict the mirror image and average, so that exams stored with the other in-plane handedness
             than the training data (another vendor's or reader's axis convention) are segmented alike.
+        rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
         confidence: a dict to fill with stored frame -> `heart_confidence` of that frame's prediction.
     """
     if not view.is_sax:
@@ -459,7 +475,7 @@ def segment_view(
     for start in range(0, len(frames), group):
         chunk = frames[start : start + group]
         images, transform = _model_space(view, chunk, model, center_mm)
-        probs = _predict_probs(model, images, batch_size, amp, mirror)
+        probs = _predict_probs(model, images, batch_size, amp, mirror, rotate)
         for i, frame in enumerate(chunk):
             if confidence is not None:
                 confidence[frame] = heart_confidence(probs[..., i])
@@ -477,6 +493,7 @@ def segment_study(
     postprocess: bool = True,
     amp: bool = False,
     mirror: bool = MIRROR_DEFAULT,
+    rotate: bool = ROTATE_DEFAULT,
     confidence: dict[int, float] | None = None,
 ) -> dict[int, np.ndarray]:
     """Segment the SAX view of a study, the heart located without labels; stored frame -> native uint8 labels.
@@ -500,5 +517,6 @@ def segment_study(
         postprocess=postprocess,
         amp=amp,
         mirror=mirror,
+        rotate=rotate,
         confidence=confidence,
     )
