@@ -94,7 +94,7 @@ def test_cli_dicom_folder_matches_the_read_geometry(tmp_path, tiny_weights):
     write_cine_series(exam, n_slices=4, n_phases=3, rows=24, columns=20)
     study = read_study(exam)
     out = tmp_path / "labels.nii.gz"
-    assert main(["segment", str(exam), str(out), "--weights", str(tiny_weights), "--batch-size", "5"]) == 0
+    assert main(["segment", str(exam), str(out), "--weights", str(tiny_weights), "--batch-size", "5", "--rotate"]) == 0
     written = nib.load(out)
     assert written.shape == study.sax.image.shape
     assert np.allclose(written.affine, study.sax.affine, atol=1e-5)

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mirror", action="store_true", help="also predict the mirror image and average (mirror-image exams)"
     )
+    parser.add_argument(
+        "--rotate",
+        action="store_true",
+        help="also predict the three other in-plane quarter turns and average (test-time augmentation, 4x the time)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
 
 
@@ -66,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
     view = study.view(SAX)
     model = load_segmentation_model(args.weights, device=args.device)
     labels = segment_study(
-        study, model, batch_size=args.batch_size, postprocess=not args.no_postprocess, amp=args.amp, mirror=args.mirror
+        study,
+        model,
+        batch_size=args.batch_size,
+        postprocess=not args.no_postprocess,
+        amp=args.amp,
+        mirror=args.mirror,
+        rotate=args.rotate,
     )
     stacked = np.stack([labels[f] for f in range(view.n_frames)], axis=-1)
     if kind == "nifti" and len(nifti_shape(source)) == 3:
