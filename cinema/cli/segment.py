@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rotate",
         action="store_true",
-        help="also predict the three other in-plane quarter turns and average (test-time augmentation, 4x the time)",
+        help="also predict the three other in-plane quarter turns and average (4x the time; no better on ACDC)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
 
