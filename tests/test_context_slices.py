@@ -94,25 +94,32 @@ def test_training_samples_carry_the_neighbours_and_the_model_segments_with_them(
     assert labels[study.ed_frame].shape == study.sax.spatial_shape and labels[study.ed_frame].dtype == np.uint8
 
 
-def test_slice_model_widened_to_context_predicts_exactly_as_before(acdc_dir: Path, tmp_path: Path) -> None:
-    """model.init=finetuned from a one-slice model: the 2.5-D twin starts from exactly its predictions."""
+@pytest.mark.parametrize("source_context", [0, 1])
+def test_slice_model_widened_to_context_predicts_exactly_as_before(
+    acdc_dir: Path, tmp_path: Path, source_context: int
+) -> None:
+    """model.init=finetuned from a model with fewer context slices (a one-slice model, or a 2.5-D one with k = 1):
+    the wider twin starts from exactly its predictions."""
     from cinema.models.checkpoint import build_model, save_model
 
     data = acdc_data(acdc_dir, 2, val_fraction=0.5, slice_2d=True)
-    plain_config = config_from_dict(tiny_config("segmentation", "unet", data, tmp_path))
+    context = source_context + 1
+    plain_config = config_from_dict(
+        tiny_config("segmentation", "unet", {**data, "context_slices": source_context}, tmp_path)
+    )
     torch.manual_seed(0)
     plain_dir = save_model(build_model(plain_config.model_config()), tmp_path / "plain")
-    values = tiny_config("segmentation", "unet", {**data, "context_slices": 1}, tmp_path)
+    values = tiny_config("segmentation", "unet", {**data, "context_slices": context}, tmp_path)
     values["model"].update(init="finetuned", weights=str(plain_dir))
     trainer = Trainer(config_from_dict(values))
     trainer.setup()  # builds the model from model.weights, as the first step of fit()
     # the trainer's widened network saved as a model folder, as `cinema segment --weights` would read it
     widened_dir = save_model(trainer.model.eval(), tmp_path / "widened")
     plain, widened = load_segmentation_model(plain_dir), load_segmentation_model(widened_dir)
-    assert widened.context_slices == 1 and plain.context_slices == 0
+    assert widened.context_slices == context and plain.context_slices == source_context
     first = trainer.model.state_dict()["encoder.in_conv.conv.weight"]
-    assert first.shape[1] == 3 and not first[:, [0, 2]].any()  # zero weights for the neighbours
-    torch.testing.assert_close(first[:, 1:2], plain.network.state_dict()["encoder.in_conv.conv.weight"])
+    assert first.shape[1] == 1 + 2 * context and not first[:, [0, -1]].any()  # zero weights for the new neighbours
+    torch.testing.assert_close(first[:, 1:-1], plain.network.state_dict()["encoder.in_conv.conv.weight"])
     study = read_acdc_patient(acdc_dir / "patient054")
     centre = np.asarray(locate_study_heart(study, "sax").center_mm)
     images, _ = _model_space(study.sax, [study.ed_frame, study.es_frame], plain, centre)
@@ -120,6 +127,13 @@ def test_slice_model_widened_to_context_predicts_exactly_as_before(acdc_dir: Pat
     after = _predict_probs(widened, images, 32, amp=False)
     assert before.std() > 0  # a random network, but not a constant one
     np.testing.assert_allclose(after, before, atol=2e-6)
+
+
+def test_widening_refuses_to_narrow() -> None:
+    from cinema.train.trainer import widen_to_context
+
+    with pytest.raises(ValueError, match="cannot widen a model with 2 context slices to 1"):
+        widen_to_context({}, {}, context=1, source_context=2)
 
 
 def test_context_that_does_not_fit_the_network_is_rejected(tmp_path: Path) -> None:

@@ -21,12 +21,25 @@ from cinema.models.checkpoint import save_model
 from cinema.models.unet import UNet, unet_config
 
 
-def _tiny_unet_folder(folder, seed: int, spacing=(1.5, 1.5)):
-    """A small random 2-D slice U-Net in the shipped model's format (32 x 32 canvas)."""
+def _tiny_unet_folder(folder, seed: int, spacing=(1.5, 1.5), context: int = 0):
+    """A small random 2-D slice U-Net in the shipped model's format (32 x 32 canvas; 2.5-D with ``context``)."""
     torch.manual_seed(seed)
-    config = unet_config(view="sax", n_dims=2, chans=(4, 8), patch_size=(2, 2), scale_factor=(2, 2), dropout=0.0)
+    config = unet_config(
+        view="sax",
+        in_chans=1 + 2 * context,
+        n_dims=2,
+        chans=(4, 8),
+        patch_size=(2, 2),
+        scale_factor=(2, 2),
+        dropout=0.0,
+    )
     config["task"] = "segmentation"
-    config["data"]["sax"] = {"spacing": list(spacing), "patch_size": [32, 32], "in_chans": 1}
+    config["data"]["sax"] = {
+        "spacing": list(spacing),
+        "patch_size": [32, 32],
+        "in_chans": 1 + 2 * context,
+        "context_slices": context,
+    }
     save_model(UNet.from_config(config), folder)
     return folder
 
@@ -189,6 +202,44 @@ def test_ensemble_averages_the_members_probabilities(tmp_path):
     np.testing.assert_allclose(_predict_probs(model, images, 8, amp=False), (probs[0] + probs[1]) / 2, atol=1e-6)
     labels = segment_view(view, model, center_mm=center)
     assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
+
+
+def test_ensemble_members_with_different_context_each_see_their_own_neighbours(tmp_path):
+    """A 2.5-D ensemble is fed its widest context; each member must get exactly the slices it was trained with."""
+    from cinema.analysis.segment import _model_space, _predict_probs
+
+    folders = [_tiny_unet_folder(tmp_path / f"k{k}", k + 1, context=k) for k in (0, 1, 2)]
+    ensemble = tmp_path / "ensemble"
+    ensemble.mkdir()
+    (ensemble / "ensemble.yaml").write_text("members: [../k0, ../k1, ../k2]\n")
+    model = load_segmentation_model(ensemble)
+    assert model.context_slices == 2 and model.n_members == 3
+    view = CineView(image=_cine(), affine=_oblique_affine())
+    center = np.array([40.0, -120.0, 15.0])
+    images, _ = _model_space(view, [0, 1], model, center)
+    members = [load_segmentation_model(f) for f in folders]
+    assert [m.context_slices for m in members] == [0, 1, 2]
+    probs = [_predict_probs(m, images, 8, amp=False) for m in members]
+    np.testing.assert_allclose(_predict_probs(model, images, 8, amp=False), sum(probs) / 3, atol=1e-6)
+    labels = segment_view(view, model, center_mm=center)
+    assert all(lab.shape == view.spatial_shape and lab.dtype == np.uint8 for lab in labels.values())
+
+
+def test_mirror_and_quarter_turns_together_average_all_eight(tiny_weights):
+    """mirror=True with rotate=True is the mean of the quarter-turn averages of the image and of its mirror."""
+    from cinema.analysis.segment import _model_space, _predict_probs
+
+    model = load_segmentation_model(tiny_weights)
+    view = CineView(image=_cine(), affine=_oblique_affine())
+    images, _ = _model_space(view, [0, 1], model, np.array([40.0, -120.0, 15.0]))
+    mirrored = np.ascontiguousarray(images[::-1])
+    turned = _predict_probs(model, images, 8, amp=False, rotate=True)
+    turned_mirror = _predict_probs(model, mirrored, 8, amp=False, rotate=True)[:, ::-1]
+    both = _predict_probs(model, images, 8, amp=False, mirror=True, rotate=True)
+    np.testing.assert_allclose(both, (turned + turned_mirror) / 2, atol=1e-6)
+    mirror_only = _predict_probs(model, images, 8, amp=False, mirror=True)
+    plain_mirror = _predict_probs(model, mirrored, 8, amp=False)[:, ::-1]
+    np.testing.assert_allclose(mirror_only, (_predict_probs(model, images, 8, amp=False) + plain_mirror) / 2, atol=1e-6)
 
 
 def test_quarter_turn_average_is_exactly_rotation_equivariant(tiny_weights):

@@ -16,8 +16,10 @@ Two kinds of network are handled alike:
   trained on SAX slices, ``data.sax.patch_size: [X, Y, 1]``) keeps the native slices like the 2-D U-Net.
 
 An ensemble is a folder with ``ensemble.yaml`` (``members: [path, ...]``, relative to it) whose members are model
-folders, or .safetensors files with a config.yaml beside them, of the same geometry (spacing, canvas, context slices,
-classes); their softmax probabilities are averaged, and every member stays an ordinary official-format checkpoint.
+folders, or .safetensors files with a config.yaml beside them, of the same geometry (spacing, canvas, classes);
+their softmax probabilities are averaged, and every member stays an ordinary official-format checkpoint. 2.5-D
+members may have different context slices: the ensemble is fed the widest context and each member the central
+channels it was trained on.
 An official fine-tuned folder with its three seeds becomes one with ``members: [acdc_sax_0.safetensors,
 acdc_sax_1.safetensors, acdc_sax_2.safetensors]`` written beside its config.yaml.
 
@@ -121,14 +123,22 @@ class ProbabilityAverage(nn.Module):
     gives back exactly the averaged probabilities.
     """
 
-    def __init__(self, networks: Sequence[nn.Module]) -> None:
+    def __init__(self, networks: Sequence[nn.Module], input_channels: Sequence[slice | None] | None = None) -> None:
+        """``input_channels[i]``: the input channels member ``i`` takes (None: all), so that 2.5-D members with fewer
+        context slices than the ensemble take the central channels of its wider input."""
         super().__init__()
         if not networks:
             raise ValueError("an ensemble needs at least one network")
         self.members = nn.ModuleList(networks)
+        self.input_channels = list(input_channels) if input_channels is not None else [None] * len(networks)
+        if len(self.input_channels) != len(networks):
+            raise ValueError("input_channels needs one entry per network")
 
     def forward(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs = [member(views) for member in self.members]  # each member runs once, whatever the views
+        outputs = [  # each member runs once, whatever the views
+            member(views if channels is None else {v: x[:, channels] for v, x in views.items()})
+            for member, channels in zip(self.members, self.input_channels, strict=True)
+        ]
         out = {}
         for view in outputs[0]:
             probs = torch.stack([torch.softmax(o[view].float(), dim=1) for o in outputs]).mean(0)
@@ -249,14 +259,20 @@ def _load_ensemble(folder: Path, device: str | torch.device) -> SegmentationMode
             raise ValueError(f"{folder / ENSEMBLE_FILE}: member {path} is itself an ensemble")
         members.append(load_segmentation_model(path, device))
     first = members[0]
-    geometry = (first.n_dims, first.spacing, first.patch_size, first.n_classes, first.context_slices)
+    geometry = (first.n_dims, first.spacing, first.patch_size, first.n_classes)
     for member in members[1:]:
-        if (member.n_dims, member.spacing, member.patch_size, member.n_classes, member.context_slices) != geometry:
+        if (member.n_dims, member.spacing, member.patch_size, member.n_classes) != geometry:
             raise ValueError(
                 f"{folder / ENSEMBLE_FILE}: {member.source} does not share {first.source}'s model space (dimensions, "
-                "spacing, patch size, classes and context slices must match to average their probabilities)"
+                "spacing, patch size and classes must match to average their probabilities)"
             )
-    network = ProbabilityAverage([m.network for m in members]).eval()
+    # 2.5-D members may differ in context: the ensemble takes the widest input, each member its central channels
+    context = max(m.context_slices for m in members)
+    channels = [
+        None if m.context_slices == context else slice(context - m.context_slices, context + m.context_slices + 1)
+        for m in members
+    ]
+    network = ProbabilityAverage([m.network for m in members], channels).eval()
     return SegmentationModel(
         network,
         first.n_dims,
@@ -264,7 +280,7 @@ def _load_ensemble(folder: Path, device: str | torch.device) -> SegmentationMode
         first.patch_size,
         first.n_classes,
         source=str(folder),
-        context_slices=first.context_slices,
+        context_slices=context,
         n_members=len(members),
     )
 
@@ -328,7 +344,8 @@ def _predict_probs(
     """Softmax probabilities (C, X, Y, Z, F) of model-space frames (X, Y, Z, F) already scaled to [0, 1].
 
     In-plane axes larger than the patch (the whole-field search pass) are covered with sliding windows.
-    ``rotate`` averages the predictions of the four in-plane quarter turns of every window.
+    ``mirror`` (x reversed) and ``rotate`` (the four in-plane quarter turns) average the softmax of the transformed
+    copies of every window, each transformed back; with both, all eight.
     """
     from cinema.tasks.base import average_windows
 
@@ -337,16 +354,20 @@ def _predict_probs(
     patch = model.patch_size
     if rotate and patch[0] != patch[1]:
         raise ValueError(f"{model.source}: quarter-turn averaging needs a square in-plane patch, got {patch[:2]}")
-    turns = (0, 1, 2, 3) if rotate else (0,)
+    # test-time transforms of every window: (mirror x, quarter turns), each undone on its softmax before averaging
+    flips = (False, True) if mirror else (False,)
+    transforms = [(flip, k) for flip in flips for k in ((0, 1, 2, 3) if rotate else (0,))]
 
     def softmax(window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         total = None
-        for k in turns:
+        for flip, k in transforms:
+            x = window[SAX].flip(2) if flip else window[SAX]
             with _autocast(device, amp):
-                logits = model.network({SAX: torch.rot90(window[SAX], k, dims=(2, 3))})[SAX]
+                logits = model.network({SAX: torch.rot90(x, k, dims=(2, 3))})[SAX]
             probs = torch.rot90(torch.softmax(logits.float(), dim=1), -k, dims=(2, 3))
+            probs = probs.flip(2) if flip else probs
             total = probs if total is None else total + probs
-        return {SAX: total / len(turns)}
+        return {SAX: total / len(transforms)}
 
     if model.n_dims == 2:
         # every slice of every frame is one sample, with its neighbours as channels: (F * Z, 1 + 2k, X, Y)
@@ -359,12 +380,7 @@ def _predict_probs(
     outputs = []
     for start in range(0, samples.shape[0], batch_size):
         chunk = torch.from_numpy(samples[start : start + batch_size]).to(device)
-        probs = average_windows({SAX: chunk}, plane, softmax)[SAX]
-        if mirror:
-            # the average with the prediction of the mirrored input: the same answer for both handednesses
-            flipped = average_windows({SAX: chunk.flip(2)}, plane, softmax)[SAX].flip(2)
-            probs = (probs + flipped) / 2
-        outputs.append(probs.cpu().numpy())
+        outputs.append(average_windows({SAX: chunk}, plane, softmax)[SAX].cpu().numpy())
     probs = np.concatenate(outputs)
     if model.n_dims == 2:
         probs = probs.reshape(n_frames, depth, -1, x_size, y_size).transpose(2, 3, 4, 1, 0)

@@ -91,31 +91,42 @@ class FitResult:
     val_metrics: list[dict[str, float]] = field(default_factory=list)
 
 
-def widen_to_context(
-    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], context: int
-) -> dict[str, torch.Tensor]:
-    """A slice model's weights for its 2.5-D twin: input convs get zero weights for the neighbouring slices.
+def _context_slices_of(model_folder: str | Path) -> int:
+    """The 2.5-D context a saved slice model was trained with (``data.sax.context_slices`` of its config.yaml)."""
+    from cinema.models.checkpoint import read_config
 
-    Each input-conv weight with ``c`` input channels where the 2.5-D model has ``c * (1 + 2 * context)`` keeps its
-    weights on every frame's centre slice, so the widened network starts out computing exactly what the slice model
-    did and fine-tuning learns what the neighbours add. Other tensors are returned unchanged.
+    config, _ = read_config(model_folder)
+    return int(config.get("data", {}).get("sax", {}).get("context_slices", 0))
+
+
+def widen_to_context(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], context: int, source_context: int = 0
+) -> dict[str, torch.Tensor]:
+    """A slice model's weights for a 2.5-D twin with more context: input convs get zero weights for the new slices.
+
+    Each input-conv weight with ``c * (1 + 2 * source_context)`` input channels where the wider model has
+    ``c * (1 + 2 * context)`` keeps its weights on every frame's central slices, so the widened network starts out
+    computing exactly what the narrower model did and fine-tuning learns what the extra neighbours add. Other tensors
+    are returned unchanged.
     """
-    width = 1 + 2 * context
+    width, source_width = 1 + 2 * context, 1 + 2 * source_context
+    if source_context < 0 or context < source_context:
+        raise ValueError(f"cannot widen a model with {source_context} context slices to {context}")
     out = dict(state)
     for key, value in state.items():
         want = target.get(key)
-        if want is None or want.shape == value.shape or value.ndim < 3:
+        if want is None or want.shape == value.shape or value.ndim < 3 or value.shape[1] % source_width:
             continue
-        if (
-            want.shape[:1] + want.shape[2:] != value.shape[:1] + value.shape[2:]
-            or want.shape[1] != value.shape[1] * width
-        ):
+        groups = value.shape[1] // source_width  # frames (or other channel groups), each a stack of slices
+        if want.shape[:1] + want.shape[2:] != value.shape[:1] + value.shape[2:] or want.shape[1] != groups * width:
             continue
         widened = value.new_zeros(want.shape)
-        widened[:, context::width] = value
+        for group in range(groups):
+            start = group * width + context - source_context
+            widened[:, start : start + source_width] = value[:, group * source_width : (group + 1) * source_width]
         out[key] = widened
         logger.info(
-            "model.weights: %s widened from %d to %d input channels (zeros for the context slices)",
+            "model.weights: %s widened from %d to %d input channels (zeros for the added context slices)",
             key,
             value.shape[1],
             want.shape[1],
@@ -236,11 +247,12 @@ class Trainer:
         if cfg.model.init == "pretrained":
             load_pretrained_encoder(model, resolve_path(cfg.model.weights), freeze=cfg.model.freeze_pretrained)
         elif cfg.model.init == "finetuned":
-            source = load_model(resolve_path(cfg.model.weights))
+            weights = resolve_path(cfg.model.weights)
+            source = load_model(weights)
             state = source.state_dict()
             target = model.state_dict()
             if cfg.data.context_slices:
-                state = widen_to_context(state, target, cfg.data.context_slices)
+                state = widen_to_context(state, target, cfg.data.context_slices, _context_slices_of(weights))
             mismatched = [k for k in target if k not in state or state[k].shape != target[k].shape]
             extra = [k for k in state if k not in target]
             if mismatched or extra:
