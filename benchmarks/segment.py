@@ -8,9 +8,11 @@ Dice on the two contoured Sunnybrook DICOM exams (GE scanner: another vendor, DI
 ``--compare-mirror`` repeats everything with and without mirror averaging, and on mirror-image ACDC input (the other
 in-plane handedness); ``--reversed-stack`` also scores ACDC with the slices stored in the opposite order (same world
 geometry), which a 2.5-D model must handle: ACDC stacks run base -> apex, the Sunnybrook DICOM stacks apex -> base.
+``--in-plane-spacing MM ...`` also scores ACDC resampled to other in-plane pixel sizes (images linear, labels nearest
+neighbour, same world geometry), as other scanners and protocols store them.
 
     .venv/bin/python benchmarks/segment.py [--weights DIR] [--shared-dir ../shared] [--ids patient003 ...]
-        [--json OUT.json] [--threads 1] [--compare-mirror] [--reversed-stack]
+        [--json OUT.json] [--threads 1] [--compare-mirror] [--reversed-stack] [--in-plane-spacing MM ...]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from cinema.analysis.segment import (
     MIRROR_DEFAULT,
@@ -64,6 +67,38 @@ def _reversed_stack(study: Study) -> Study:
     return dataclasses.replace(study, views={SAX: reversed_view})
 
 
+def _resampled_in_plane(study: Study, spacing_mm: float) -> Study:
+    """The same exam as a scanner would store it at another in-plane pixel size: images linearly interpolated,
+    labels nearest neighbour, voxel corners kept where they were (the affine follows: same world geometry)."""
+    view = study.sax
+    native = np.asarray(view.spacing[:2], dtype=np.float64)
+    shape = np.maximum(1, np.round(np.asarray(view.spatial_shape[:2]) * native / spacing_mm)).astype(int)
+    scale = np.asarray(view.spatial_shape[:2]) / shape  # native voxels per new voxel, per axis
+    offset = (scale - 1) / 2  # centre of new voxel 0 in native index units (corners coincide)
+    grids = [offset[a] + scale[a] * np.arange(shape[a]) for a in range(2)]
+    coords = np.meshgrid(*grids, indexing="ij")
+
+    def resample(volume: np.ndarray, order: int) -> np.ndarray:
+        out = np.empty((*shape, *volume.shape[2:]), dtype=np.float32 if order else volume.dtype)
+        for index in np.ndindex(*volume.shape[2:]):
+            plane = volume[(slice(None), slice(None), *index)]
+            out[(slice(None), slice(None), *index)] = ndimage.map_coordinates(
+                plane.astype(np.float32) if order else plane, coords, order=order, mode="nearest"
+            )
+        return out
+
+    affine = view.affine.copy()
+    affine[:3, 3] = view.affine[:3, :3] @ np.array([offset[0], offset[1], 0.0]) + view.affine[:3, 3]
+    affine[:3, :2] = view.affine[:3, :2] * scale
+    resampled = dataclasses.replace(
+        view,
+        image=resample(np.asarray(view.image), 1),
+        affine=affine,
+        labels={f: resample(lab, 0) for f, lab in view.labels.items()},
+    )
+    return dataclasses.replace(study, views={SAX: resampled})
+
+
 def evaluate_patients(
     model: SegmentationModel,
     folders: list[Path],
@@ -72,6 +107,7 @@ def evaluate_patients(
     mirrored_input: bool = False,
     reversed_stack: bool = False,
     rotate: bool = ROTATE_DEFAULT,
+    in_plane_spacing: float | None = None,
 ) -> dict[str, Any]:
     """Per-patient rows and summary numbers, raw and post-processed (largest component per class)."""
     rows = []
@@ -81,6 +117,8 @@ def evaluate_patients(
             study = _mirrored(study)
         if reversed_stack:
             study = _reversed_stack(study)
+        if in_plane_spacing is not None:
+            study = _resampled_in_plane(study, in_plane_spacing)
         started = time.perf_counter()
         frames = [study.ed_frame, study.es_frame]
         raw = segment_study(study, model, frames=frames, postprocess=False, amp=amp, mirror=mirror, rotate=rotate)
@@ -161,6 +199,14 @@ def main() -> None:
     parser.add_argument(
         "--rotate", action="store_true", help="average the four in-plane quarter turns (test-time augmentation)"
     )
+    parser.add_argument(
+        "--in-plane-spacing",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="MM",
+        help="also ACDC resampled to these in-plane pixel sizes (labels nearest neighbour, same world geometry)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_segmentation_model(args.weights)
@@ -175,15 +221,19 @@ def main() -> None:
     shared = Path(args.shared_dir)
     folders = [shared / "data" / "acdc" / i for i in ids]
     # (mirror averaging, mirror-image input, slices stored the other way round)
-    settings = [(MIRROR_DEFAULT, False, False)]
+    settings: list[tuple[Any, ...]] = [(MIRROR_DEFAULT, False, False)]
     if args.compare_mirror:
         settings = [(m, flipped, False) for flipped in (False, True) for m in (False, True)]
     if args.reversed_stack:
         # world geometry unchanged; a 2.5-D model must not depend on which way the stack is stored
         settings.append((MIRROR_DEFAULT, False, True))
+    # (mirror averaging, mirror-image input, slices stored the other way round, in-plane spacing or None)
+    settings = [(*setting, None) for setting in settings]
+    settings += [(MIRROR_DEFAULT, False, False, float(mm)) for mm in args.in_plane_spacing]
     output: dict[str, Any] = {}
-    for mirror, flipped, reversed_stack in settings:
+    for mirror, flipped, reversed_stack, spacing in settings:
         changed = "_mirrored_input" if flipped else "_reversed_stack" if reversed_stack else ""
+        changed += f"_{spacing:g}mm" if spacing is not None else ""
         name = f"acdc{changed}_{'mirror_avg' if mirror else 'plain'}"
         result = evaluate_patients(
             model,
@@ -193,13 +243,14 @@ def main() -> None:
             mirrored_input=flipped,
             reversed_stack=reversed_stack,
             rotate=args.rotate,
+            in_plane_spacing=spacing,
         )
         output[name] = result
         for variant in ("raw", "lcc"):
             print(name, variant, json.dumps({k: round(v, 4) for k, v in result["summary"][variant].items()}))
         print(name, "seconds per exam (ED + ES)", round(result["summary"]["seconds_per_exam"]["mean"], 2))
     exams = sorted(p for p in (shared / "data" / "sunnybrook").glob("SCD*") if p.is_dir())
-    for mirror in sorted({m for m, _, _ in settings}):
+    for mirror in sorted({m for m, *_ in settings}):
         name = f"sunnybrook_{'mirror_avg' if mirror else 'plain'}"
         output[name] = evaluate_sunnybrook(model, exams, mirror=mirror, rotate=args.rotate)
         print(name, json.dumps(output[name]))
