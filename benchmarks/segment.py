@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from cinema.analysis.segment import (
     MIRROR_DEFAULT,
@@ -40,6 +39,7 @@ from cinema.analysis.segment import (
 from cinema.io import read_acdc_patient, read_dicom_study, read_sunnybrook_contours
 from cinema.io.study import SAX, Study
 from cinema.metrics import ACDC_CLASSES, dice_per_class, ventricular_function
+from cinema.preprocess.model_space import model_space_transform, resample_to_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,33 +68,17 @@ def _reversed_stack(study: Study) -> Study:
 
 
 def _resampled_in_plane(study: Study, spacing_mm: float) -> Study:
-    """The same exam as a scanner would store it at another in-plane pixel size: images linearly interpolated,
-    labels nearest neighbour, voxel corners kept where they were (the affine follows: same world geometry)."""
+    """The same exam as a scanner would store it at another in-plane pixel size: the model-space resampling
+    (images linear, labels nearest neighbour, voxel corners kept, native slices), whole field, no crop or padding."""
     view = study.sax
-    native = np.asarray(view.spacing[:2], dtype=np.float64)
-    shape = np.maximum(1, np.round(np.asarray(view.spatial_shape[:2]) * native / spacing_mm)).astype(int)
-    scale = np.asarray(view.spatial_shape[:2]) / shape  # native voxels per new voxel, per axis
-    offset = (scale - 1) / 2  # centre of new voxel 0 in native index units (corners coincide)
-    grids = [offset[a] + scale[a] * np.arange(shape[a]) for a in range(2)]
-    coords = np.meshgrid(*grids, indexing="ij")
-
-    def resample(volume: np.ndarray, order: int) -> np.ndarray:
-        out = np.empty((*shape, *volume.shape[2:]), dtype=np.float32 if order else volume.dtype)
-        for index in np.ndindex(*volume.shape[2:]):
-            plane = volume[(slice(None), slice(None), *index)]
-            out[(slice(None), slice(None), *index)] = ndimage.map_coordinates(
-                plane.astype(np.float32) if order else plane, coords, order=order, mode="nearest"
-            )
-        return out
-
-    affine = view.affine.copy()
-    affine[:3, 3] = view.affine[:3, :3] @ np.array([offset[0], offset[1], 0.0]) + view.affine[:3, 3]
-    affine[:3, :2] = view.affine[:3, :2] * scale
+    grid = {"z_spacing": "native", "min_slices": None, "in_plane_spacing": (spacing_mm, spacing_mm)}
+    whole = model_space_transform(view.spatial_shape, view.affine, "sax", **grid).resampled_shape[:2]
+    transform = model_space_transform(view.spatial_shape, view.affine, "sax", in_plane_shape=whole, **grid)
     resampled = dataclasses.replace(
         view,
-        image=resample(np.asarray(view.image), 1),
-        affine=affine,
-        labels={f: resample(lab, 0) for f, lab in view.labels.items()},
+        image=resample_to_model(view.image, transform, "image"),
+        affine=transform.model_affine,
+        labels={f: resample_to_model(lab, transform, "label") for f, lab in view.labels.items()},
     )
     return dataclasses.replace(study, views={SAX: resampled})
 
