@@ -91,14 +91,6 @@ class FitResult:
     val_metrics: list[dict[str, float]] = field(default_factory=list)
 
 
-def _context_slices_of(model_folder: str | Path) -> int:
-    """The 2.5-D context a saved slice model was trained with (``data.sax.context_slices`` of its config.yaml)."""
-    from cinema.models.checkpoint import read_config
-
-    config, _ = read_config(model_folder)
-    return int(config.get("data", {}).get("sax", {}).get("context_slices", 0))
-
-
 def widen_to_context(
     state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], context: int, source_context: int = 0
 ) -> dict[str, torch.Tensor]:
@@ -247,12 +239,13 @@ class Trainer:
         if cfg.model.init == "pretrained":
             load_pretrained_encoder(model, resolve_path(cfg.model.weights), freeze=cfg.model.freeze_pretrained)
         elif cfg.model.init == "finetuned":
-            weights = resolve_path(cfg.model.weights)
-            source = load_model(weights)
+            source = load_model(resolve_path(cfg.model.weights))
             state = source.state_dict()
             target = model.state_dict()
             if cfg.data.context_slices:
-                state = widen_to_context(state, target, cfg.data.context_slices, _context_slices_of(weights))
+                # the source's own config.yaml (kept on the loaded model) says how many neighbours it was trained with
+                source_context = int(source.config.get("data", {}).get("sax", {}).get("context_slices", 0))
+                state = widen_to_context(state, target, cfg.data.context_slices, source_context)
             mismatched = [k for k in target if k not in state or state[k].shape != target[k].shape]
             extra = [k for k in state if k not in target]
             if mismatched or extra:
