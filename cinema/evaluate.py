@@ -79,6 +79,14 @@ class EvaluationResult:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _data_roots(config: Any) -> list[Path]:
+    """The data a run's config reads (its folder and manifest): an evaluation output must never replace them."""
+    roots = [Path(config.data.dir)]
+    if config.data.manifest:
+        roots.append(Path(config.data.dir) / config.data.manifest)  # an absolute manifest path stays itself
+    return roots
+
+
 def resolve_source(
     source: str | Path, weights: str | Path | None = None, overrides: Sequence[str] | None = None
 ) -> tuple[FinetuneConfig, Path, dict[str, list[str]] | None]:
@@ -479,13 +487,14 @@ def evaluate(
         device: ``cpu``, ``cuda``, ...
         postprocess: segmentation only, keep the largest component per structure (as ``cinema segment``).
     """
-    from cinema.io.atomic import atomic_directory, is_nonempty_dir
+    from cinema.io.atomic import atomic_directory, check_output
     from cinema.metrics import write_csv
 
     out_dir = Path(out_dir)
-    if is_nonempty_dir(out_dir) and not force:  # before any work, not after an hour of inference
-        raise ValueError(f"{out_dir}: output folder exists and is not empty (use --force to overwrite)")
+    check_output(out_dir, [source], folder=True, force=force)  # before any work, not after an hour of inference
     config, model_dir, splits = resolve_source(source, weights, overrides)
+    inputs = [source, model_dir, *_data_roots(config)]
+    check_output(out_dir, inputs, folder=True, force=force)
     entries = select_entries(config, split, splits)
     check_columns(by, entries)
     logger.info("evaluating %s (%s) on %d %s studies", model_dir, config.task, len(entries), split)
@@ -505,7 +514,7 @@ def evaluate(
         "by": list(by),
         **summary,
     }
-    with atomic_directory(out_dir, force=force) as tmp:
+    with atomic_directory(out_dir, force=force, inputs=inputs, command="evaluate") as tmp:
         write_csv(rows, tmp / "per_case.csv")
         write_csv(table, tmp / "subgroups.csv")
         (tmp / "summary.json").write_text(json.dumps(_json_ready(summary), indent=1, allow_nan=False))

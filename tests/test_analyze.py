@@ -23,6 +23,7 @@ from cinema.analysis.measure import METRIC_KEYS, cardiac_metrics, find_ed_es, vo
 from cinema.analysis.qc import quality_warnings
 from cinema.cli import main
 from cinema.io import CineView, read_acdc_patient, read_study, read_sunnybrook_contours, write_cine_nifti
+from cinema.io.atomic import OUTPUT_MARKER
 from cinema.models.checkpoint import save_model
 from cinema.models.unet import UNet, unet_config
 
@@ -203,7 +204,7 @@ def test_qc_does_not_flag_structure_on_manual_acdc_labels(acdc_dir):
 
 
 def test_example_outputs_follow_the_contract(example_out):
-    assert sorted(p.name for p in example_out.iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in example_out.iterdir()) == sorted([*OUTPUT_FILES, OUTPUT_MARKER])
     source = read_study(example_study_path())
     seg = nib.load(example_out / "seg_sax.nii.gz")
     assert seg.shape == source.sax.image.shape
@@ -313,18 +314,26 @@ def test_existing_out_is_kept_without_force_and_failures_leave_nothing(
     assert main(base) == 1
     assert "use --force" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert main([*base, "--force"]) == 1  # --force never replaces a folder cinema did not write
+    assert "not written by cinema" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+    out = tmp_path / "earlier"
+    base = ["analyze", str(cine), "-o", str(out), "--weights", str(tiny_weights), "--quiet"]
+    assert main(base) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken(analysis):
         raise ValueError("disk full while writing volumes.csv")
 
     monkeypatch.setattr(analyze_module, "volumes_csv", broken)
     assert main([*base, "--force"]) == 1
-    assert [p.name for p in out.iterdir()] == ["mine.txt"]  # the old content survives a failed --force run
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # a failed --force run leaves the old output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "out"]  # no temporary folder left behind
 
     monkeypatch.undo()
     assert main([*base, "--force"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUT_FILES, OUTPUT_MARKER])
 
 
 # -------------------------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def converted(sunnybrook_dir, tmp_path_factory):
 @pytest.mark.parametrize("name", EXAMS)
 def test_sunnybrook_convert_round_trip_keeps_every_voxel_in_place(converted, sunnybrook_dir, name):
     out = converted[name]
-    assert sorted(p.name for p in out.iterdir()) == ["sax.nii.gz", "study.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".cinema-output", "sax.nii.gz", "study.json"]
     stored = nib.load(str(out / "sax.nii.gz"))
     n_slices = stored.shape[2]
     assert stored.shape == (256, 256, n_slices, 20) and n_slices in (10, 11)
@@ -89,7 +89,7 @@ def test_no_phi_in_outputs_or_logs_unless_keep_phi(tmp_path):
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(exam, out)
     assert code == 0, stderr
-    assert sorted(p.name for p in out.iterdir()) == ["lax_4c.nii.gz", "sax.nii.gz", "study.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".cinema-output", "lax_4c.nii.gz", "sax.nii.gz", "study.json"]
     blob = _all_output_bytes(out) + stdout.encode() + stderr.encode()
     for text in _phi_variants():
         assert text.encode() not in blob, text
@@ -117,13 +117,16 @@ def test_refuses_non_empty_out_dir_and_force_replaces(tmp_path):
     assert code == 1 and "not empty" in stderr and "--force" in stderr
     assert (out / "precious.txt").read_text() == "keep me"
     code, _, stderr = run_cli(exam, out, "--force")
-    assert code == 0, stderr
-    assert sorted(p.name for p in out.iterdir()) == ["sax.nii.gz", "study.json"]
+    assert code == 1 and "not written by cinema" in stderr  # --force never replaces a user's folder
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli(exam, empty)[0] == 0  # an existing empty folder is fine
+    code, _, stderr = run_cli(exam, empty, "--force")  # ... and an earlier output of convert may be replaced
+    assert code == 0, stderr
+    assert sorted(p.name for p in empty.iterdir()) == [".cinema-output", "sax.nii.gz", "study.json"]
     code, _, stderr = run_cli(exam, exam, "--force")
-    assert code == 1 and "replace the input" in stderr
+    assert code == 1 and "is the input" in stderr
 
 
 def _bad_exam(tmp_path, kind):
@@ -148,15 +151,16 @@ def _bad_exam(tmp_path, kind):
 def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, kind, existing):
     exam = _bad_exam(tmp_path, kind)
     out = tmp_path / "out"
-    if existing:
+    if existing:  # an earlier cinema output, which --force may replace, but only by a complete new one
         out.mkdir()
         (out / "old.txt").write_text("previous run")
+        (out / ".cinema-output").write_text("{}")
     code, stdout, stderr = run_cli(exam, out, "--force")
     assert code == 1
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cinema convert: error: ") and str(exam) in lines[0]
     if existing:
-        assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+        assert sorted(p.name for p in out.iterdir()) == [".cinema-output", "old.txt"]
     else:
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == (["exam", "out"] if existing else ["exam"])

@@ -285,6 +285,9 @@ def test_command_line_errors(segmentation_run: Path, tmp_path: Path, capsys) -> 
     (out / "old.txt").write_text("keep")
     assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet"]) == 1
     assert "--force" in capsys.readouterr().err and (out / "old.txt").exists()
+    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet", "--force"]) == 1
+    assert "not written by cinema" in capsys.readouterr().err and (out / "old.txt").exists()
+    out = tmp_path / "earlier"
+    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet"]) == 0
     assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet", "--force", "--split", "train"]) == 0
-    assert not (out / "old.txt").exists()
     assert json.loads((out / "summary.json").read_text())["split"] == "train"

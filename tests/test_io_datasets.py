@@ -208,7 +208,12 @@ def test_write_study_refuses_non_empty_folder_and_force_replaces(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         write_study(study, out)
     assert (out / "keep.txt").read_text() == "old"
-    write_study(study, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["sax.nii.gz", "study.json"]
-    assert "patient" not in read_study_folder(out).metadata
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folders left
+    with pytest.raises(ValueError, match="not written by cinema"):
+        write_study(study, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    ours = tmp_path / "ours"
+    write_study(study, ours)
+    write_study(study, ours, force=True)
+    assert sorted(p.name for p in ours.iterdir()) == [".cinema-output", "sax.nii.gz", "study.json"]
+    assert "patient" not in read_study_folder(ours).metadata
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours", "out"]  # no temporary folders left

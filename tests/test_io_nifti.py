@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cinema.io import CineView, read_label_nifti, read_nifti_cine, read_study, write_cine_nifti, write_label_nifti
-from cinema.io.nifti import guess_view_name, write_nifti
+from cinema.io.nifti import LABEL_MAP_DESCRIPTION, guess_view_name, is_cinema_label_nifti, write_nifti
 
 
 def _oblique_affine() -> np.ndarray:
@@ -77,7 +77,8 @@ def test_write_label_nifti_is_uint8_with_exact_geometry(tmp_path):
     np.testing.assert_array_equal(np.asanyarray(stored.dataobj), labels)
     np.testing.assert_array_equal(read_label_nifti(path, labels.shape), labels)
     header = stored.header
-    assert header["descrip"].item() == b"" and header["db_name"].item() == b""
+    assert header["descrip"].item() == LABEL_MAP_DESCRIPTION and header["db_name"].item() == b""
+    assert is_cinema_label_nifti(path)
 
 
 def test_write_label_nifti_2d_gets_single_slice_axis(tmp_path):

@@ -339,8 +339,17 @@ def report_html(analysis: Analysis) -> tuple[str, bytes]:
     return text, gif
 
 
-def write_analysis(analysis: Analysis, out_dir: str | Path, *, force: bool = False, spatial_only: bool = False) -> Path:
-    """Write every output into `out_dir` atomically (all files or none); an existing non-empty OUT needs `force`.
+def write_analysis(
+    analysis: Analysis,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    spatial_only: bool = False,
+    inputs: Sequence[str | Path] = (),
+) -> Path:
+    """Write every output into `out_dir` atomically (all files or none), by the output-safety rule of
+    `cinema.io.atomic` (`force` replaces only an earlier cinema output; never one of `inputs` or a folder holding
+    one).
 
     Args:
         spatial_only: write ``seg_sax.nii.gz`` as 3-D (the input was one 3-D NIfTI frame).
@@ -352,7 +361,7 @@ def write_analysis(analysis: Analysis, out_dir: str | Path, *, force: bool = Fal
     view = analysis.study.view(SAX)
     labels = analysis.labels[..., 0] if spatial_only else analysis.labels
     html_text, gif = report_html(analysis)
-    with atomic_directory(out_dir, force=force) as tmp:
+    with atomic_directory(out_dir, force=force, inputs=inputs, command="analyze") as tmp:
         write_label_nifti(labels, view.affine, tmp / "seg_sax.nii.gz")
         (tmp / "volumes.csv").write_text(volumes_csv(analysis), encoding="utf-8")
         (tmp / "metrics.json").write_text(

@@ -29,13 +29,26 @@ class CinemaError(Exception):
     """An error a user can act on: printed as one line, exit status 1, no traceback."""
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of an error a user can act on, on one line, naming the file where Python knows it."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or type(err).__name__}"
+    if isinstance(err, MemoryError):
+        return f"out of memory ({err})" if str(err) else "out of memory while reading or analysing the input"
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cinema", description="CineMA toolkit for cine cardiac MRI")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        # also accepted after the sub-command; SUPPRESS keeps the sub-parser from resetting a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.set_defaults(_module=module)
     return parser
 
@@ -44,9 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
-    except (CinemaError, ValueError, FileNotFoundError) as err:
-        print(f"cinema {args.command}: error: {err}", file=sys.stderr)
+    except (CinemaError, ValueError, OSError, MemoryError) as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"cinema {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"cinema {args.command}: interrupted; nothing half-written was left in place", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

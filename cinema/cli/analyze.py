@@ -36,7 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ed", type=int, default=None, help="end-diastolic frame, 0-based (default: max LV volume)")
     parser.add_argument("--es", type=int, default=None, help="end-systolic frame, 0-based (default: min LV volume)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
-    parser.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    parser.add_argument(
+        "--study",
+        dest="study_id",
+        default=None,
+        metavar="ID",
+        help="the study to analyse when a DICOM folder holds several (its pseudonym as listed in the error)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace OUT if it is an earlier cinema output (never anything else)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -45,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cinema.cli import CinemaError
+    from cinema.io.atomic import check_output
 
     if args.batch_size < 1:
         raise CinemaError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -59,12 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{source}: no such file or folder")
     name = source.name.removesuffix(".gz").removesuffix(".nii") if source.is_file() else source.name
     out = Path(args.out) if args.out is not None else Path(f"{name}_analysis")
-    if out.exists() and not out.is_dir():
-        raise CinemaError(f"{out}: OUT exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise CinemaError(f"{out} already exists and is not empty (use --force to replace it)")
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise CinemaError(f"{out}: OUT must not be the study itself or inside it")
+    inputs = [p for p in (source, args.weights, args.landmark_weights) if p]
+    check_output(out, inputs, folder=True, force=args.force)  # before minutes of work
 
     from cinema.analysis.segment import load_segmentation_model
     from cinema.io import read_study
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     kind = detect_input_kind(source)
     if args.study is None:
         print(f"no STUDY given: analysing the bundled example exam ({source.name}, Sunnybrook Cardiac Data, CC0)")
-    study = read_study(source, view=SAX if kind == "nifti" else None)
+    study = read_study(source, view=SAX if kind == "nifti" else None, study=args.study_id)
     study.view(SAX)  # a clear error for an exam without a short-axis cine
     n_frames = study.sax.n_frames
     for flag, frame in (("--ed", args.ed), ("--es", args.es)):
@@ -99,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         landmark_model=landmark_model,
     )
     spatial_only = kind == "nifti" and len(nifti_shape(source)) == 3
-    write_analysis(analysis, out, force=args.force, spatial_only=spatial_only)
+    write_analysis(analysis, out, force=args.force, spatial_only=spatial_only, inputs=inputs)
     for line in summary_lines(analysis.metrics):
         print(line)
     print(

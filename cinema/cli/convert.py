@@ -23,20 +23,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep patient-identifying DICOM fields (name, ID, dates, institution...) in study.json",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing non-empty OUT_DIR")
+    parser.add_argument(
+        "--study",
+        dest="study_id",
+        default=None,
+        metavar="ID",
+        help="the study to convert when DICOM_DIR holds several (its pseudonym as listed in the error)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace OUT_DIR if it is an earlier cinema output (never anything else)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from cinema.io import read_study, write_study
+    from cinema.io.atomic import check_output
 
     source, out_dir = Path(args.dicom_dir), Path(args.out_dir)
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such folder")
-    resolved_source, resolved_out = source.resolve(), out_dir.resolve()
-    if resolved_out == resolved_source or resolved_out in resolved_source.parents:
-        raise ValueError(f"{out_dir}: output folder would replace the input folder {source}")
-    study = read_study(source, keep_phi=args.keep_phi)
-    write_study(study, out_dir, force=args.force, keep_phi=args.keep_phi)
+    check_output(out_dir, [source], folder=True, force=args.force)
+    study = read_study(source, keep_phi=args.keep_phi, study=args.study_id)
+    write_study(study, out_dir, force=args.force, keep_phi=args.keep_phi, inputs=[source])
     for message in study.metadata.get("warnings", []):
         print(f"cinema convert: warning: {message}", file=sys.stderr)
     for name in study.view_names:

@@ -14,18 +14,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad", action="store_true", help="leave unreadable studies out (listed) instead of stopping"
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing index file")
+    parser.add_argument(
+        "--force", action="store_true", help="replace INDEX if it is an index cinema wrote (never anything else)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from cinema.io.index import build_index, write_index
+    from cinema.io.atomic import check_output
+    from cinema.io.index import build_index, is_index_file, write_index
 
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise ValueError(f"{out} exists (use --force to replace it)")
+    check_output(out, args.data_dirs, folder=False, force=args.force, is_own_file=is_index_file)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 100 == 0:

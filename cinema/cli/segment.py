@@ -38,7 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also predict the three other in-plane quarter turns and average (4x the time; no better on ACDC)",
     )
-    parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    parser.add_argument(
+        "--study",
+        dest="study_id",
+        default=None,
+        metavar="ID",
+        help="the study to segment when a DICOM folder holds several (its pseudonym as listed in the error)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite OUTPUT if it is a label map cinema wrote (never anything else)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,16 +56,16 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cinema.cli import CinemaError
+    from cinema.io.atomic import check_output
+    from cinema.io.nifti import is_cinema_label_nifti
 
     source, output = Path(args.input), Path(args.output)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
     if not output.name.endswith(".nii.gz"):
         raise CinemaError(f"{output}: OUTPUT must be a gzipped NIfTI file name ending in .nii.gz")
-    if output.exists() and not args.force:
-        raise CinemaError(f"{output} already exists (use --force to overwrite)")
-    if output.resolve() == source.resolve():
-        raise CinemaError(f"{output}: OUTPUT would overwrite INPUT")
+    inputs = [p for p in (source, args.weights) if p]
+    check_output(output, inputs, folder=False, force=args.force, is_own_file=is_cinema_label_nifti)
     if args.batch_size < 1:
         raise CinemaError(f"--batch-size must be >= 1, got {args.batch_size}")
 
@@ -67,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from cinema.io.study import SAX
 
     kind = detect_input_kind(source)
-    study = read_study(source, view=SAX if kind == "nifti" else None)
+    study = read_study(source, view=SAX if kind == "nifti" else None, study=args.study_id)
     view = study.view(SAX)
     model = load_segmentation_model(args.weights, device=args.device)
     labels = segment_study(
@@ -82,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     stacked = np.stack([labels[f] for f in range(view.n_frames)], axis=-1)
     if kind == "nifti" and len(nifti_shape(source)) == 3:
         stacked = stacked[..., 0]
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output(output, inputs, folder=False, force=args.force, is_own_file=is_cinema_label_nifti)
     write_label_nifti(stacked, view.affine, output)
     print(f"wrote {output}: {stacked.shape} uint8 labels (1 RV, 2 MYO, 3 LV), {view.n_frames} frame(s)")
     if study.ed_frame is not None and study.es_frame is not None and study.ed_frame != study.es_frame:

@@ -44,7 +44,15 @@ from cinema.io.read import read_study
 from cinema.io.study import SAX, CineView, Study
 from cinema.io.study_folder import is_study_folder
 
-__all__ = ["build_index", "find_studies", "read_index", "read_index_entry", "write_index"]
+__all__ = [
+    "build_index",
+    "find_studies",
+    "index_input_paths",
+    "is_index_file",
+    "read_index",
+    "read_index_entry",
+    "write_index",
+]
 
 INDEX_FORMAT = "cinema-index"
 _LABEL_WORDS = {"gt", "seg", "label", "labels", "mask", "segmentation"}
@@ -268,6 +276,27 @@ def write_index(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     header = {"format": INDEX_FORMAT, "version": 1, "n_studies": len(entries)}
     lines = [json.dumps(header)] + [json.dumps(e, sort_keys=False) for e in entries]
     return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def is_index_file(path: str | os.PathLike) -> bool:
+    """True for a file `write_index` wrote (its first line is the index header): `--force` may replace it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = json.loads(f.readline(4096))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(header, dict) and header.get("format") == INDEX_FORMAT
+
+
+def index_input_paths(entries: Iterable[dict[str, Any]]) -> list[Path]:
+    """Every file or folder the index's entries are read from (what an output must never replace or hold)."""
+    paths = []
+    for entry in entries:
+        if entry.get("path"):
+            paths.append(Path(entry["path"]))
+        for files in (entry.get("files") or {}).values():
+            paths.extend(Path(p) for p in files)
+    return paths
 
 
 def read_index(path: str | os.PathLike) -> list[dict[str, Any]]:

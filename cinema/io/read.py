@@ -32,10 +32,13 @@ def detect_input_kind(path: str | os.PathLike) -> str:
     return "dicom"
 
 
-def read_study(path: str | os.PathLike, view: str | None = None, keep_phi: bool = False) -> Study:
+def read_study(
+    path: str | os.PathLike, view: str | None = None, keep_phi: bool = False, study: str | None = None
+) -> Study:
     """Read a study from a NIfTI file, a `cinema convert` folder, an ACDC/M&Ms folder or a DICOM folder.
 
-    `view` names the view of a NIfTI file when its name does not; `keep_phi` keeps patient fields of DICOM input.
+    `view` names the view of a NIfTI file when its name does not; `keep_phi` keeps patient fields of DICOM input;
+    `study` picks one study (its pseudonym or UID) of a DICOM folder holding several, which is otherwise refused.
     """
     path = Path(path)
     kind = detect_input_kind(path)
@@ -50,4 +53,4 @@ def read_study(path: str | os.PathLike, view: str | None = None, keep_phi: bool 
         return read_mnms_subject(path)
     if path.is_file():
         raise ValueError(f"{path}: a single file is not a cine study; pass the folder holding the exam's DICOM files")
-    return read_dicom_study(path, keep_phi=keep_phi)
+    return read_dicom_study(path, keep_phi=keep_phi, study=study)

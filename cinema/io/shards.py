@@ -26,7 +26,7 @@ import json
 import math
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +136,15 @@ def _array_locations(path: Path) -> Iterator[tuple[str, str, int, list[int], str
 
 @contextlib.contextmanager
 def write_shard_folder(
-    out_dir: str | os.PathLike, geometry: dict[str, Any], force: bool = False, **limits: int
+    out_dir: str | os.PathLike,
+    geometry: dict[str, Any],
+    force: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+    **limits: int,
 ) -> Iterator[ShardWriter]:
-    """``with write_shard_folder(out, geometry) as writer: writer.add(...)`` — complete folder or nothing."""
-    with atomic_directory(out_dir, force=force) as tmp:
+    """``with write_shard_folder(out, geometry) as writer: writer.add(...)`` — complete folder or nothing; never
+    replacing one of `inputs` (the index and its data), a folder holding one, or a folder cinema did not write."""
+    with atomic_directory(out_dir, force=force, inputs=inputs, command="shard") as tmp:
         writer = ShardWriter(tmp, geometry, **limits)
         try:
             yield writer

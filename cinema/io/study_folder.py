@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +121,21 @@ def study_json(study: Study, keep_phi: bool = False) -> dict[str, Any]:
     return _json_ready(content)
 
 
-def write_study(study: Study, out_dir: str | os.PathLike, force: bool = False, keep_phi: bool = False) -> Path:
+def write_study(
+    study: Study,
+    out_dir: str | os.PathLike,
+    force: bool = False,
+    keep_phi: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+) -> Path:
     """Write `study` as a study folder (see the module docstring); returns `out_dir`.
 
-    Refuses an existing non-empty `out_dir` unless `force`.
+    Follows the output-safety rule of `cinema.io.atomic`: an existing non-empty `out_dir` is replaced only with
+    `force` and only when cinema wrote it, and never when it is, holds or lies inside one of `inputs`.
     """
     out_dir = Path(out_dir)
     content = study_json(study, keep_phi=keep_phi)
-    with atomic_directory(out_dir, force=force) as tmp:
+    with atomic_directory(out_dir, force=force, inputs=inputs, command="convert") as tmp:
         for name in study.view_names:
             view = study.views[name]
             (tmp / f"{name}.nii.gz").write_bytes(nifti_bytes(view.as_4d(), view.affine, time_step_ms=_time_step(view)))

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cinema.io.atomic import check_apart_from_inputs
 from cinema.models.mae import CineMA
 from cinema.models.vit import patchify
 from cinema.train.config import resolve_path, save_config
@@ -341,6 +342,8 @@ def _pretrain(
     if checkpoint_path.exists() and not resume:
         raise ValueError(f"{out} already holds a run ({CHECKPOINT}); pass --resume or choose another output_dir")
     resume = resume and checkpoint_path.exists()
+    data_paths = [resolve_path(p) for p in (cfg.data.shards, cfg.data.index) if p]
+    check_apart_from_inputs(out, data_paths, folder=True)
 
     # data: every rank opens the same source; the sampler hands each rank its part of every global batch
     source = open_source(cfg)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from cinema.io.index import read_index, read_index_entry
+from cinema.io.atomic import check_output
+from cinema.io.index import index_input_paths, read_index, read_index_entry
 from cinema.io.shards import ShardStore, write_shard_folder
 from cinema.io.study import Study
 from cinema.models.mae import random_token_mask
@@ -184,9 +185,13 @@ def write_shards(
     everything and nothing is written.
     """
     entries = _index_entries(config, Path(index_path))
+    inputs = [index_path, *index_input_paths(entries)]
+    check_output(out_dir, inputs, folder=True, force=force)
     skipped: list[str] = []
     n = 0
-    with write_shard_folder(out_dir, config.geometry(), force=force, max_studies=studies_per_shard) as writer:
+    with write_shard_folder(
+        out_dir, config.geometry(), force=force, inputs=inputs, max_studies=studies_per_shard
+    ) as writer:
         for i, (entry, result) in enumerate(zip(entries, _map_entries(entries, config, workers), strict=True)):
             if isinstance(result, str):
                 if not skip_bad:

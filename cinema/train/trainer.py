@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cinema.io.atomic import check_apart_from_inputs
 from cinema.tasks import make_task
 from cinema.tasks.base import autocast_context, to_device
 from cinema.train.config import FinetuneConfig, resolve_path, save_config
@@ -157,6 +158,8 @@ class Trainer:
             )
         if self.resume and not checkpoint.exists():
             raise FileNotFoundError(f"cannot resume: {checkpoint} does not exist")
+        inputs = [resolve_path(cfg.data.dir)] + ([resolve_path(cfg.model.weights)] if cfg.model.weights else [])
+        check_apart_from_inputs(self.output_dir, inputs, folder=True)
         stopping = cfg.train.early_stopping
         self.metric = (stopping.metric or self.task.default_metric).removeprefix("val_")
         mode = self.task.metric_mode(self.metric)  # raises for a metric the task does not produce
