@@ -57,6 +57,34 @@ def golden_dir() -> Path:
     return _require(Path(os.environ.get("CINEMA_GOLDEN_DIR", SHARED_DIR / "golden")))
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """A small random 2-D slice U-Net in the shipped model's format: fast, and its labels are arbitrary."""
+    from cinema.models.checkpoint import save_model
+    from cinema.models.unet import UNet, unet_config
+
+    torch.manual_seed(0)
+    config = unet_config(view="sax", n_dims=2, chans=(4, 8), patch_size=(2, 2), scale_factor=(2, 2), dropout=0.0)
+    config["task"] = "segmentation"
+    config["data"]["sax"] = {"spacing": [1.5, 1.5], "patch_size": [32, 32], "in_chans": 1}
+    folder = tmp_path_factory.mktemp("weights") / "tiny"
+    save_model(UNet.from_config(config), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def short_cine(tmp_path_factory):
+    """The first 6 frames of the bundled exam as a 4-D SAX NIfTI: real anatomy, quick to analyse."""
+    from cinema.analysis.analyze import example_study_path
+    from cinema.io import CineView, read_study, write_cine_nifti
+
+    sax = read_study(example_study_path()).sax
+    view = CineView(image=sax.image[..., :6], affine=sax.affine, frame_times_ms=sax.frame_times_ms[:6], name="sax")
+    path = tmp_path_factory.mktemp("cine") / "sax.nii.gz"
+    write_cine_nifti(view, path)
+    return path
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: tiny models gain nothing from threads, and on a shared 2-core machine OpenMP spinning costs

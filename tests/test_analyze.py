@@ -13,7 +13,6 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from dicom_factory import PHI, write_cine_series
 
 from cinema.analysis import analyze as analyze_module
@@ -22,22 +21,8 @@ from cinema.analysis.disease import ACDC_GROUPS, FEATURE_NAMES
 from cinema.analysis.measure import METRIC_KEYS, cardiac_metrics, find_ed_es, volume_curves
 from cinema.analysis.qc import quality_warnings
 from cinema.cli import main
-from cinema.io import CineView, read_acdc_patient, read_study, read_sunnybrook_contours, write_cine_nifti
+from cinema.io import read_acdc_patient, read_study, read_sunnybrook_contours
 from cinema.io.atomic import OUTPUT_MARKER
-from cinema.models.checkpoint import save_model
-from cinema.models.unet import UNet, unet_config
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """A small random 2-D slice U-Net in the shipped model's format: fast, and its labels are arbitrary."""
-    torch.manual_seed(0)
-    config = unet_config(view="sax", n_dims=2, chans=(4, 8), patch_size=(2, 2), scale_factor=(2, 2), dropout=0.0)
-    config["task"] = "segmentation"
-    config["data"]["sax"] = {"spacing": [1.5, 1.5], "patch_size": [32, 32], "in_chans": 1}
-    folder = tmp_path_factory.mktemp("weights") / "tiny"
-    save_model(UNet.from_config(config), folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +31,6 @@ def example_out(tmp_path_factory, tiny_weights):
     out = tmp_path_factory.mktemp("analyze") / "example"
     assert main(["analyze", "-o", str(out), "--weights", str(tiny_weights), "--quiet"]) == 0
     return out
-
-
-@pytest.fixture(scope="module")
-def short_cine(tmp_path_factory):
-    """The first 6 frames of the bundled exam as a 4-D SAX NIfTI: real anatomy, quick to analyse."""
-    sax = read_study(example_study_path()).sax
-    view = CineView(image=sax.image[..., :6], affine=sax.affine, frame_times_ms=sax.frame_times_ms[:6], name="sax")
-    path = tmp_path_factory.mktemp("cine") / "sax.nii.gz"
-    write_cine_nifti(view, path)
-    return path
 
 
 # -------------------------------------------------------------------------------------------------------------------

@@ -200,6 +200,14 @@ def check_output(
                     f"{output}: exists and was not written by this command; --force only replaces cinema's own "
                     "outputs: remove it yourself or choose another name"
                 )
+    # Outputs are made beside their final name and renamed into place: the folder they go in must be writable.
+    home = output.absolute().parent
+    while not home.exists() and home != home.parent:
+        home = home.parent
+    if not home.is_dir():
+        raise OutputRefused(f"{output}: cannot be created: {home} is not a folder")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise OutputRefused(f"{output}: cannot write in {home} (permission denied)")
     return output
 
 

@@ -19,8 +19,12 @@ named) and writes a JSON-lines index, one study per line, atomically::
      "views": {"sax": {"shape": [216, 256, 10], "n_frames": 2, "spacing": [1.56, 1.56, 10.0]}}}
 
 ``kind`` is what `read_index_entry` needs to read it again: ``acdc``, ``mnms``, ``study_folder``, ``dicom``, ``nifti``
-(one file) or ``nifti_files`` (with ``files``: {view: [paths in frame order]}). Study ids are the path below the data
-folder, prefixed by the data folder's name, so several data folders give distinct ids.
+(one file) or ``nifti_files`` (with ``files``: {view: [paths in frame order]}); a ``dicom`` entry carries ``study``
+(the study's keyed pseudonym, `cinema.io.privacy`: valid on this installation) when its folder also holds another
+study's images. A study that cannot even be recognised (a damaged NIfTI whose name gives no view, an unreadable
+DICOM header) is an ``unreadable`` entry with its ``error``, so that `build_index` reports it or, with
+``skip_bad``, leaves it out like any other bad study. Study ids are the path below the data folder, prefixed by the
+data folder's name, so several data folders give distinct ids.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from cinema.io.atomic import write_text_atomic
 from cinema.io.datasets import is_acdc_folder, is_mnms_folder
 from cinema.io.dicom import has_dicom_preamble
 from cinema.io.nifti import guess_view_name, is_nifti_path, nifti_stem, read_nifti_cine
+from cinema.io.privacy import pseudonymise_uid
 from cinema.io.read import read_study
 from cinema.io.study import SAX, CineView, Study
 from cinema.io.study_folder import is_study_folder
@@ -91,26 +96,36 @@ def _dicom_study_uid(path: Path) -> str:
 
 def _nifti_entries(root: Path, folder: Path, files: list[Path], prefix: str) -> list[dict[str, Any]]:
     groups: dict[str, dict[str, list[Path]]] = {}
+    unreadable: dict[str, str] = {}
     for path in files:
         words = _words(path)
         if _LABEL_WORDS & set(words):
             continue
+        key = "_".join(w for w in words if w not in _VIEW_WORDS and not _PHASE.match(w))
         view = guess_view_name(path)
         if view is None:
             from cinema.io.datasets import nifti_shape
 
-            shape = nifti_shape(path)
-            if len(shape) < 3 or shape[2] == 1:
-                raise ValueError(
-                    f"{path}: cannot tell the view of this single-slice NIfTI file from its name "
-                    "(name it with sax, lax_2c, lax_3c or lax_4c)"
-                )
+            try:
+                shape = nifti_shape(path)
+                if len(shape) < 3 or shape[2] == 1:
+                    raise ValueError(
+                        f"{path}: cannot tell the view of this single-slice NIfTI file from its name "
+                        "(name it with sax, lax_2c, lax_3c or lax_4c)"
+                    )
+            except (ValueError, OSError) as err:
+                # reported when the study is read, where --skip-bad can leave it out, not here where it cannot
+                unreadable[key] = str(err)
+                continue
             view = SAX
-        key = "_".join(w for w in words if w not in _VIEW_WORDS and not _PHASE.match(w))
         groups.setdefault(key, {}).setdefault(view, []).append(path)
     entries = []
     relative = folder.relative_to(root).as_posix()
     base = prefix if relative == "." else f"{prefix}/{relative}"
+    for key, error in sorted(unreadable.items()):
+        study_id = f"{base}/{key}" if key else base
+        entries.append({"id": study_id, "kind": "unreadable", "path": str(folder), "error": error})
+        groups.pop(key, None)
     for key, views in sorted(groups.items()):
         study_id = f"{base}/{key}" if key else base
         ordered = {view: [str(p) for p in sorted(paths, key=_phase_order)] for view, paths in sorted(views.items())}
@@ -132,6 +147,7 @@ def find_studies(data_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]
             entries.append({"id": prefix, "kind": "nifti", "path": str(root)})
             continue
         dicom_folders: dict[str, list[Path]] = {}
+        bad_dicom: list[dict[str, Any]] = []
         visited: set[Path] = set()
         for folder, subdirs, names in os.walk(root, followlinks=True):  # archives are often trees of links
             folder_path = Path(folder)
@@ -159,9 +175,14 @@ def find_studies(data_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]
             if niftis:
                 entries += _nifti_entries(root, folder_path, niftis, prefix)
             dicoms = [p for p in files if not is_nifti_path(p) and has_dicom_preamble(p)]
-            if dicoms:
-                dicom_folders.setdefault(_dicom_study_uid(dicoms[0]), []).append(folder_path)
-        entries += _dicom_entries(root, prefix, dicom_folders)
+            try:
+                uids = {_dicom_study_uid(p) for p in dicoms}
+            except ValueError as err:  # read again (and reported, or skipped) with the study
+                bad_dicom.append({"id": study_id, "kind": "unreadable", "path": str(folder_path), "error": str(err)})
+                continue
+            for uid in uids:
+                dicom_folders.setdefault(uid, []).append(folder_path)
+        entries += _dicom_entries(root, prefix, dicom_folders) + bad_dicom
     ids = [e["id"] for e in entries]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -170,7 +191,10 @@ def find_studies(data_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]
 
 
 def _dicom_entries(root: Path, prefix: str, by_uid: dict[str, list[Path]]) -> list[dict[str, Any]]:
-    """One exam per StudyInstanceUID, read from the common folder of its series (if no other exam lives there)."""
+    """One exam per StudyInstanceUID, read from the common folder of its series (if no other exam lives there).
+
+    A folder holding images of several studies gives one entry per study, named and read with the study's
+    pseudonym (``study``), so two patients filed together are split, never merged."""
     entries = []
     for uid, folders in by_uid.items():
         common = Path(os.path.commonpath([str(f) for f in folders]))
@@ -179,7 +203,11 @@ def _dicom_entries(root: Path, prefix: str, by_uid: dict[str, list[Path]]) -> li
         for folder in [common] if not shared else folders:
             relative = folder.relative_to(root).as_posix()
             study_id = prefix if relative == "." else f"{prefix}/{relative}"
-            entries.append({"id": study_id, "kind": "dicom", "path": str(folder)})
+            entry = {"id": study_id, "kind": "dicom", "path": str(folder)}
+            if uid and folder in others:  # another study's images lie in this very folder
+                entry["study"] = pseudonymise_uid(uid)
+                entry["id"] = f"{study_id}/{entry['study'].replace(':', '-')}"
+            entries.append(entry)
     return entries
 
 
@@ -206,7 +234,11 @@ def read_index_entry(entry: dict[str, Any]) -> Study:
         for view, paths in entry["files"].items():
             views[view] = _concat_frames([read_nifti_cine(p, view=view) for p in paths], view)
         return Study(views=views, metadata={"source_format": "nifti"}, source=entry["path"])
-    if kind in ("acdc", "mnms", "study_folder", "dicom", "nifti"):
+    if kind == "unreadable":
+        raise ValueError(entry["error"])
+    if kind == "dicom":
+        return read_study(entry["path"], study=entry.get("study"))
+    if kind in ("acdc", "mnms", "study_folder", "nifti"):
         return read_study(entry["path"])
     raise ValueError(f"index entry {entry.get('id')!r}: unknown kind {kind!r}")
 
