@@ -258,7 +258,7 @@ def test_oversized_upload_is_refused_from_its_headers(strict):
     # 10 GB announced and nothing sent: an answer at all proves the server did not wait for the body.
     status, _, data = _request(strict, "POST", "/jobs", headers={"Content-Length": str(10 * 2**30)})
     assert status == 413
-    assert json.loads(data)["error"] == "the upload is 10240.0 MB; the limit is 1 MB"
+    assert json.loads(data)["error"] == "the upload is 10.0 GB; the limit is 1.0 MB"
     status, _, data = _request(strict, "POST", "/jobs", headers={"Transfer-Encoding": "chunked"})
     assert status == 411
 

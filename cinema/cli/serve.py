@@ -33,6 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-hours", type=float, default=1.0, help="hours a finished job's results stay available (default 1)"
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a whole upload may take to arrive (default 120; raise it for big uploads over a slow network)",
+    )
+    parser.add_argument(
+        "--max-jobs-per-client",
+        type=int,
+        default=2,
+        help="exams one client address may have uploading or being analysed at once (default 2)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,12 +64,18 @@ def run(args: argparse.Namespace) -> int:
         raise CinemaError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.keep_hours <= 0:
         raise CinemaError(f"--keep-hours must be > 0, got {args.keep_hours}")
+    if not 0 < args.request_timeout <= 86400:  # also refuses nan and inf, which no socket timeout takes
+        raise CinemaError(f"--request-timeout must be > 0 and at most 86400 seconds, got {args.request_timeout}")
+    if args.max_jobs_per_client < 1:
+        raise CinemaError(f"--max-jobs-per-client must be >= 1, got {args.max_jobs_per_client}")
 
     settings = ServeSettings(
         host=args.host,
         port=args.port,
         limits=Limits(max_upload_bytes=args.max_upload_mb * MB, max_unpacked_bytes=args.max_unpacked_mb * MB),
         job_ttl_s=args.keep_hours * 3600.0,
+        request_timeout_s=args.request_timeout,
+        max_jobs_per_client=args.max_jobs_per_client,
         weights=args.weights,
         device=args.device,
         batch_size=args.batch_size,

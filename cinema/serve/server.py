@@ -3,45 +3,85 @@
 Routes (everything else is 404; a path with ``.``/``..`` segments, encoded or not, is 400):
 
 - ``GET /``, ``/app.js``, ``/app.css``: the page;
-- ``POST /jobs``: the exam as the raw request body (zip or NIfTI); 202 with the job's status URL, or 400 / 411 /
-  413 / 503 with ``{"error": "..."}``;
+- ``POST /jobs``: the exam as the raw request body (zip or NIfTI); 202 with the job's status URL, or 400 / 408 /
+  411 / 413 / 429 / 503 with ``{"error": "..."}``;
 - ``GET /jobs/<id>``: the job's status (and, when done, its headline numbers and file URLs);
-- ``GET /jobs/<id>/<file>``: one file of the job's analysis output folder (no listings, no sub-paths);
+- ``GET /jobs/<id>/<file>``: one file of the job's analysis output folder (no listings, sub-paths or hidden files);
 - ``DELETE /jobs/<id>``: remove the job and its folder now.
+
+Every response, errors included (the standard library's own refusals too, and a 500 for an unexpected failure), is
+JSON or one of the page's files and carries the same security headers (Content-Security-Policy, nosniff, ...).
+
+Limits on what a client can hold:
+
+- a whole request (request line, headers and body) must arrive within `ServeSettings.request_timeout_s`, and the
+  client may not stay silent for more than `READ_TIMEOUT_S` within it: a client that trickles bytes (slow loris)
+  gets a 408 or a closed connection and its upload slot back;
+- the body is framed by exactly one plain decimal ``Content-Length``: a repeated or malformed one, or one together
+  with ``Transfer-Encoding``, is a 400 (chunked uploads alone are a 411);
+- at most `ServeSettings.max_active_jobs` uploads are received, queued or analysed at once (503), and at most
+  `ServeSettings.max_jobs_per_client` of them come from one client address (429);
+- the analysis reads the exam under `cinema.io.limits.decoded_byte_limit` of the unpacked-size limit: no single
+  image file may decode to more bytes than the whole upload may unpack to.
 
 Each job lives in its own fresh folder under the server's temporary folder: the upload is unpacked there, analysed,
 and the unpacked exam is deleted as soon as the analysis ends; the outputs are deleted `ServeSettings.job_ttl_s`
-after the analysis, on DELETE, or when the server closes (the whole temporary folder goes). Job ids are random
-tokens. Logs name jobs by id and give sizes and times only: never a file name from an upload or a DICOM field.
+after the analysis, on DELETE, or when the server closes (the whole temporary folder goes). The temporary folder is
+``cinema-serve-*`` under `ServeSettings.work_dir` with an `OWNER_MARKER` file naming this process: a server killed
+without cleaning up (kill -9, power loss) leaves its uploads there, and the next server started on the same work
+folder removes the folders whose marker names a process of this machine that is no longer running (nothing without
+a marker is ever touched). Job ids are random tokens. Logs name jobs by id and give sizes and times only: never a
+file name from an upload or a DICOM field.
 """
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import logging
+import math
 import os
 import queue
 import re
 import secrets
+import socket
+import stat
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cinema.io.limits import decoded_byte_limit, format_bytes
 from cinema.serve.page import APP_CSS, APP_JS, index_html
 from cinema.serve.upload import CHUNK, MB, Limits, UploadRejected, find_exam, redact, remove_tree, unpack_upload
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "CinemaServer", "Job", "ServeSettings", "is_loopback", "make_server"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "OWNER_MARKER",
+    "CinemaServer",
+    "Job",
+    "ServeSettings",
+    "is_loopback",
+    "make_server",
+    "remove_stale_folders",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+ROOT_PREFIX = "cinema-serve-"
+OWNER_MARKER = ".cinema-serve-owner"  # in the server's temporary folder: {"pid": ..., "host": ...}
+READ_TIMEOUT_S = 30.0  # longest silence allowed in the middle of a request (the whole request has its own deadline)
+IMPOSSIBLE_LENGTH = 2**50  # 1 PB: a Content-Length above this is not a file anyone is sending
+CONTENT_LENGTH = re.compile(r"[0-9]+")  # digits only: no sign, no "_", no inner spaces, no non-ASCII digits
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
 SUMMARY_KEYS = ("lv_ef_pct", "rv_ef_pct", "lv_edv_ml", "lv_esv_ml", "lv_sv_ml", "rv_edv_ml", "rv_esv_ml", "lv_mass_g")
@@ -74,6 +114,10 @@ class ServeSettings:
         limits: upload, unpacked-size and member-count limits.
         job_ttl_s: how long a finished job's outputs stay available.
         max_active_jobs: uploads being received, queued or analysed at once; more get 503.
+        max_jobs_per_client: of those, how many one client address may hold; more get 429 (so that one client
+            cannot take every slot).
+        request_timeout_s: the whole request, body included, must arrive within this many seconds (a client that
+            trickles bytes would otherwise hold its slot forever); raise it for big uploads over slow networks.
         work_dir: where the server's temporary folder is made (default: the system's temporary folder).
         weights, device, batch_size, amp: as for `cinema analyze`.
     """
@@ -83,6 +127,8 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     job_ttl_s: float = 3600.0
     max_active_jobs: int = 4
+    max_jobs_per_client: int = 2
+    request_timeout_s: float = 120.0
     work_dir: str | None = None
     weights: str | None = None
     device: str = "cpu"
@@ -112,6 +158,7 @@ class Job:
 
     id: str
     folder: Path
+    client: str = ""  # the uploader's address, for the per-client limit (never logged)
     status: str = "receiving"  # receiving -> queued -> running -> done | failed
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -134,6 +181,14 @@ class Job:
         return self.folder / "out"
 
 
+class JobRefused(Exception):
+    """No slot for a new job: `code` is the HTTP status (503 or 429), the message is safe to show."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 class JobRunner:
     """The jobs of one server: their folders, a FIFO queue and one worker thread.
 
@@ -154,15 +209,26 @@ class JobRunner:
 
     # -- bookkeeping -----------------------------------------------------------------------------------------------
 
-    def create(self) -> Job | None:
-        """A new job with a fresh folder, or None when `max_active_jobs` are already active."""
+    def create(self, client: str = "") -> Job:
+        """A new job with a fresh folder for an upload from address `client`.
+
+        Raises:
+            JobRefused: 503 when `max_active_jobs` are already active, 429 when `client` already holds
+                `max_jobs_per_client` of them.
+        """
         with self._lock:
-            active = sum(job.status in ("receiving", "queued", "running") for job in self._jobs.values())
-            if active >= self.settings.max_active_jobs:
-                return None
+            active = [job for job in self._jobs.values() if job.status in ("receiving", "queued", "running")]
+            if len(active) >= self.settings.max_active_jobs:
+                raise JobRefused(503, "the server is busy with other exams; try again in a few minutes")
+            if sum(job.client == client for job in active) >= self.settings.max_jobs_per_client:
+                raise JobRefused(
+                    429,
+                    f"you already have {self.settings.max_jobs_per_client} exams uploading or being analysed here; "
+                    "wait for one of them to finish",
+                )
             job_id = secrets.token_urlsafe(18)
             folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.root))
-            job = Job(job_id, folder)
+            job = Job(job_id, folder, client=client)
             job.input.mkdir()
             self._jobs[job_id] = job
             return job
@@ -235,7 +301,9 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         try:
-            job.metrics = self._analyse(job)
+            # Entered here, in the worker thread: the limit is a context variable, which a thread does not inherit.
+            with decoded_byte_limit(self.settings.limits.max_unpacked_bytes):
+                job.metrics = self._analyse(job)
             status = "done"
             logger.info("job %s: analysis done in %.1f s", job.id, time.monotonic() - job.started)
         except Exception as err:  # any failure is reported on the page; the server keeps serving
@@ -286,21 +354,88 @@ class JobRunner:
             reply["summary"].update(ed_frame=metrics.get("ed_frame"), es_frame=metrics.get("es_frame"))
             reply["qc_warnings"] = list(metrics.get("qc_warnings", []))
             reply["seconds"] = round((job.finished or 0.0) - (job.started or 0.0), 1)
-            names = sorted(p.name for p in job.out.iterdir()) if job.out.is_dir() else []
+            # Hidden names are the writers' own bookkeeping (the output marker, temporaries), not results.
+            names = sorted(p.name for p in job.out.iterdir() if not p.name.startswith(".")) if job.out.is_dir() else []
             reply["files"] = {name: f"/jobs/{job.id}/{name}" for name in names}
             reply["report_url"] = f"/jobs/{job.id}/report.html"
         return reply
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine still runs (True when it cannot be told: such a folder is kept)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, and someone else's
+        return True
+    except (OverflowError, ValueError):  # not a PID this system can have: a marker we cannot judge
+        return True
+    return True
+
+
+def _write_owner_marker(root: Path) -> None:
+    (root / OWNER_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+
+def _stale_owner(folder: Path) -> bool:
+    """Whether `folder` is a server folder of ours whose owning process, on this machine, is gone."""
+    try:
+        info = folder.lstat()
+        marker = folder / OWNER_MARKER
+        marker_info = marker.lstat()
+        if not stat.S_ISDIR(info.st_mode) or not stat.S_ISREG(marker_info.st_mode):
+            return False
+        if hasattr(os, "getuid") and (info.st_uid != os.getuid() or marker_info.st_uid != os.getuid()):
+            return False  # another user's server (and not ours to delete)
+        owner = json.loads(marker.read_text())
+        pid, host = owner["pid"], owner["host"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False  # no marker, unreadable or not ours: never touched
+    # A work folder shared between machines (a network drive): another machine's PIDs mean nothing here.
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or host != socket.gethostname():
+        return False
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def remove_stale_folders(work_dir: str | os.PathLike | None = None) -> int:
+    """Remove the temporary folders (and the uploads in them) of servers that died without cleaning up.
+
+    Only ``cinema-serve-*`` folders of `work_dir` (default: the system's temporary folder) holding an `OWNER_MARKER`
+    that names a process of this machine which is no longer running; returns how many went.
+    """
+    parent = Path(work_dir if work_dir is not None else tempfile.gettempdir())
+    try:
+        candidates = sorted(p for p in parent.iterdir() if p.name.startswith(ROOT_PREFIX))
+    except OSError:
+        return 0
+    removed = 0
+    for folder in candidates:
+        if _stale_owner(folder):
+            remove_tree(folder)
+            removed += not folder.exists()
+    if removed:
+        logger.info("removed %d folder(s) left with their uploads by a server that died without cleaning up", removed)
+    return removed
+
+
 class CinemaServer(ThreadingHTTPServer):
-    """`ThreadingHTTPServer` with the job runner; `server_close` also deletes every job folder."""
+    """`ThreadingHTTPServer` with the job runner; `server_close` also deletes every job folder.
+
+    On start-up it first removes the folders that earlier servers killed without cleaning up left in the same work
+    folder (`remove_stale_folders`).
+    """
 
     daemon_threads = True
 
     def __init__(self, settings: ServeSettings, model: Any):
         self.settings = settings
-        self.root = Path(tempfile.mkdtemp(prefix="cinema-serve-", dir=settings.work_dir))
+        remove_stale_folders(settings.work_dir)
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=settings.work_dir))
         try:
+            _write_owner_marker(self.root)
             super().__init__((settings.host, settings.port), _Handler)
         except OSError:
             remove_tree(self.root)
@@ -336,12 +471,73 @@ def make_server(settings: ServeSettings = ServeSettings(), model: Any = None) ->
     return CinemaServer(settings, model)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's incoming bytes, every read bounded by the time left before the request's deadline.
+
+    A socket timeout alone restarts with each byte received: a client sending one byte every few seconds would
+    never trip it and would hold its thread and upload slot forever. The deadline is fixed when the request starts.
+    """
+
+    def __init__(self, connection: socket.socket, write_timeout_s: float):
+        self._connection = connection
+        self._write_timeout_s = write_timeout_s
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive before its deadline")
+        self._connection.settimeout(min(READ_TIMEOUT_S, left))
+        try:
+            return self._connection.recv_into(buffer)
+        finally:
+            # The socket's timeout also bounds writes: the response gets a fresh one, not this read's remainder.
+            self._connection.settimeout(self._write_timeout_s)
+
+
+# Readable messages for the standard library's own refusals (its texts quote the client's request line).
+PARSER_ERRORS = {
+    400: "bad request",
+    414: "the request path is too long",
+    431: "a request header is too long, or there are too many",
+    501: "this method is not supported here (GET, HEAD, POST and DELETE are)",
+    505: "this HTTP version is not supported",
+}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: CinemaServer
     server_version = "cinema-serve"
     sys_version = ""  # do not advertise the Python version
-    timeout = 120  # seconds a stalled client may hold a connection between reads
     route = "-"  # what the request was, for the log (never the raw path: it is the client's text)
+    _answered = False  # whether a status line went out for the current request
+
+    def setup(self) -> None:
+        self.timeout = self.server.settings.request_timeout_s  # for writes; reads are bounded by _DeadlineReader
+        super().setup()
+        self.rfile.close()  # the stdlib's reader: replaced by one that keeps the request's deadline
+        self._reader = _DeadlineReader(self.connection, self.server.settings.request_timeout_s)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The deadline covers the request line, the headers and the body: a trickle at any stage is cut off.
+        self._reader.deadline = time.monotonic() + self.server.settings.request_timeout_s
+        self.route = "-"
+        self._answered = False
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError):
+            raise  # nobody left to answer: the server logs one line
+        except Exception as err:
+            self.close_connection = True
+            if self._answered:
+                raise
+            # Whatever failed, the client gets an answer with the usual headers rather than a dropped connection.
+            logger.warning("%s failed unexpectedly (%s)", self.route, type(err).__name__)
+            self._error(500, "the server failed unexpectedly while handling this request")
 
     # -- logging: job ids, status codes and sizes only -------------------------------------------------------------
 
@@ -349,7 +545,9 @@ class _Handler(BaseHTTPRequestHandler):
         code = getattr(code, "value", code)
         # The page polls its job every second: successful reads are debug noise, everything else is worth a line.
         level = logging.DEBUG if self.command in ("GET", "HEAD") and str(code).startswith("2") else logging.INFO
-        logger.log(level, "%s %s -> %s", self.command, self.route, code)
+        # An unknown method is the client's own text, like the path: not logged.
+        method = self.command if self.command in ("GET", "HEAD", "POST", "DELETE") else "(other method)"
+        logger.log(level, "%s %s -> %s", method, self.route, code)
 
     def log_error(self, format: str, *args: Any) -> None:
         pass  # every refusal is logged by log_request with its code; the stdlib text would quote the request line
@@ -370,6 +568,8 @@ class _Handler(BaseHTTPRequestHandler):
         download: str | None = None,
     ) -> None:
         self.send_response(code)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Security-Policy", csp)
@@ -390,7 +590,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._json(code, {"error": message})
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._answered = True
+        super().send_response(code, message)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (malformed request line, unknown method, header line too long).
+
+        Answered like ours: JSON with the security headers, instead of the stdlib's bare HTML page.
+        """
+        code = int(code)
+        if self.route == "-":
+            self.route = "(refused by the HTTP parser)"
+        # Until the request line is understood the stdlib assumes HTTP/0.9, which has no headers: answer with them.
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        try:
+            phrase = HTTPStatus(code).phrase.lower()
+        except ValueError:
+            phrase = "error"
+        self._error(code, PARSER_ERRORS.get(code, phrase))
+
     # -- request checks --------------------------------------------------------------------------------------------
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            # An HTTP/0.9 answer is the bare body: the page without its Content-Security-Policy. Refused.
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
+            return False
+        return True
 
     def _segments(self) -> list[str] | None:
         """The decoded path segments, or None (after a 400) for a path that tries to leave its place."""
@@ -428,6 +658,28 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
+    def _framing_ok(self) -> bool:
+        """Refuse a request whose body length two parsers could read differently (request smuggling through a
+        proxy in front): at most one Content-Length, plain decimal digits, never together with Transfer-Encoding."""
+        lengths = self.headers.get_all("Content-Length") or []
+        encodings = self.headers.get_all("Transfer-Encoding") or []
+        if len(lengths) > 1:
+            self.route = "(repeated Content-Length)"
+            self._error(400, "more than one Content-Length header")
+            return False
+        if lengths and encodings:
+            self.route = "(Content-Length with Transfer-Encoding)"
+            self._error(400, "a request may not have both a Content-Length and a Transfer-Encoding header")
+            return False
+        # The parser has stripped the spaces before the value; spaces after it are allowed, nothing else is.
+        if lengths and not CONTENT_LENGTH.fullmatch(lengths[0].rstrip(" \t")):
+            self.route = "(malformed Content-Length)"
+            self._error(400, "bad Content-Length header (it must be a plain number of bytes)")
+            return False
+        if self.command != "POST" and (encodings or lengths and lengths[0].strip("0 \t")):
+            self.close_connection = True  # a body nobody reads must never be taken for a next request
+        return True
+
     def _job(self, job_id: str) -> Job | None:
         job = self.server.jobs.get(job_id) if JOB_ID.match(job_id) else None
         if job is None:
@@ -437,7 +689,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- methods ---------------------------------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        if not self._trusted_origin():
+        if not self._trusted_origin() or not self._framing_ok():
             return
         segments = self._segments()
         if segments is None:
@@ -470,8 +722,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _job_file(self, job: Job, name: str) -> None:
         out = job.out.resolve() if job.status == "done" and job.out.is_dir() else None
-        # Only a plain file listed directly in the output folder: no sub-paths, no links, no listings.
-        if out is None or name not in os.listdir(out):
+        # Only a plain, visible file listed directly in the output folder: no sub-paths, links or listings.
+        if out is None or name.startswith(".") or name not in os.listdir(out):
             self._error(404, "no such file in this job's results")
             return
         path = out / name
@@ -492,7 +744,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def do_DELETE(self) -> None:
-        if not self._trusted_origin():
+        if not self._trusted_origin() or not self._framing_ok():
             return
         segments = self._segments()
         if segments is None:
@@ -510,7 +762,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "not found")
 
     def do_POST(self) -> None:
-        if not self._trusted_origin():
+        if not self._trusted_origin() or not self._framing_ok():
             return
         segments = self._segments()
         if segments is None:
@@ -529,23 +781,25 @@ class _Handler(BaseHTTPRequestHandler):
         if length_text is None:
             self._error(411, "a Content-Length header is required")
             return
-        try:
-            length = int(length_text)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._error(400, "bad Content-Length header")
-            return
+        length_text = length_text.rstrip(" \t")  # plain digits: checked by _framing_ok
+        # int() of thousands of digits is slow and then refused by Python: such a length is absurd anyway.
+        length = int(length_text) if len(length_text) <= 30 else IMPOSSIBLE_LENGTH + 1
         if length > limits.max_upload_bytes:
-            logger.info("upload refused: %.1f MB is over the %d MB limit", length / MB, limits.max_upload_bytes // MB)
-            self._error(413, f"the upload is {length / MB:.1f} MB; the limit is {limits.max_upload_bytes // MB} MB")
+            limit = format_bytes(limits.max_upload_bytes)
+            if length > IMPOSSIBLE_LENGTH:
+                message = f"the upload announces an impossible size (its Content-Length); the limit is {limit}"
+            else:
+                message = f"the upload is {format_bytes(length)}; the limit is {limit}"
+            logger.info("upload refused: %s", message)
+            self._error(413, message)
             return
         if length == 0:
             self._error(400, "the upload is empty")
             return
-        job = self.server.jobs.create()
-        if job is None:
-            self._error(503, "the server is busy with other exams; try again in a few minutes")
+        try:
+            job = self.server.jobs.create(str(self.client_address[0]))
+        except JobRefused as err:
+            self._error(err.code, str(err))
             return
         self.route = f"/jobs ({job.id})"
         try:
@@ -556,6 +810,13 @@ class _Handler(BaseHTTPRequestHandler):
             logger.info("job %s: upload of %.1f MB rejected: %s", job.id, length / MB, err)
             self.server.jobs.remove(job)
             self._error(400, str(err))
+            return
+        except TimeoutError:
+            # A stalled or trickling upload: its slot goes back now, whatever the client does next.
+            self.server.jobs.remove(job)
+            timeout = self.server.settings.request_timeout_s
+            logger.info("job %s: upload not received within %.0f s; dropped", job.id, timeout)
+            self._error(408, f"the upload stalled or took longer than the {timeout:.0f} s this server allows")
             return
         except BaseException:
             self.server.jobs.remove(job)
