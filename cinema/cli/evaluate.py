@@ -31,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="segmentation: keep every connected component (default: the LV cavity's largest only)",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the output folder if it is an earlier cinema output (never anything else)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-study progress lines")
 
 
