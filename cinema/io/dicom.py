@@ -23,13 +23,15 @@ Policy, in order:
 6. Pixel values get RescaleSlope / RescaleIntercept. DICOM patient coordinates (LPS) become RAS+ by negating x
    and y. The image x axis follows DICOM columns (the first ImageOrientationPatient vector) and y follows rows.
 
+An exam is one study of one patient: images of several StudyInstanceUIDs in the folder are refused (listed by
+pseudonym) unless ``study`` picks one, and one study holding several PatientIDs is refused; nothing is merged.
+
 Patient-identifying fields are never copied into the `Study` unless ``keep_phi=True``; without it, study and series
-UIDs are replaced by truncated SHA-256 pseudonyms.
+UIDs are replaced by keyed pseudonyms (`cinema.io.privacy`), also in warnings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -44,6 +46,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, DSdecimal, DSfloat
 
+from cinema.io.privacy import pseudonymise_uid
 from cinema.io.study import LAX_VIEWS, SAX, CineView, Study
 
 # Fields kept only with keep_phi=True (DICOM PS3.15 basic profile subset relevant to cine MRI exams).
@@ -84,12 +87,18 @@ _POSITION_TOLERANCE_MM = 0.05  # same-slice positions (rounding in real headers 
 
 
 def has_dicom_preamble(path: Path) -> bool:
-    """True for a file with the DICOM Part 10 preamble (128 bytes, then ``DICM``)."""
+    """True for a file with the DICOM Part 10 preamble (128 bytes, then ``DICM``).
+
+    A file that cannot be read (permission, I/O error) is a ValueError naming it, never a silent False.
+    """
+    from cinema.io.limits import read_error
+
     try:
         with open(path, "rb") as f:
             head = f.read(132)
-    except OSError:
-        return False
+    except OSError as err:
+        # An unreadable file may be one phase of the cine: name it rather than silently read the exam without it.
+        raise read_error(path, err) from err
     return len(head) == 132 and head[128:] == b"DICM"
 
 
@@ -140,35 +149,141 @@ class _Image:
     def normal(self) -> np.ndarray:
         return np.cross(self.orientation[:3], self.orientation[3:])
 
+    def _pixel_bytes(self) -> int:
+        """The bytes Rows × Columns × SamplesPerPixel × BitsAllocated announce, checked against the decoded-size cap
+        and, for uncompressed transfer syntaxes, against the PixelData actually held."""
+        from pydicom import uid
+
+        from cinema.io.limits import check_decoded_size
+
+        try:
+            samples = int(self.dataset.get("SamplesPerPixel", 1) or 1)
+            bits = int(self.dataset.get("BitsAllocated", 0) or 0)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{self.path}: malformed SamplesPerPixel/BitsAllocated ({err})") from err
+        if samples < 1 or bits not in (1, 8, 16, 32, 64):
+            raise ValueError(f"{self.path}: unsupported pixel layout (SamplesPerPixel {samples}, BitsAllocated {bits})")
+        rows, columns = self.shape
+        n_bytes = (rows * columns * samples * bits + 7) // 8
+        check_decoded_size(self.path, n_bytes, f"the pixel data ({rows} rows × {columns} columns × {bits} bits)")
+        file_meta = getattr(self.dataset, "file_meta", None)
+        syntax = None if file_meta is None else file_meta.get("TransferSyntaxUID")
+        native = (
+            uid.ImplicitVRLittleEndian,
+            uid.ExplicitVRLittleEndian,
+            uid.DeflatedExplicitVRLittleEndian,
+            uid.ExplicitVRBigEndian,
+        )
+        if syntax is None or str(syntax) in native:
+            # pydicom silently drops excess bytes: a header that lies about the size would shear the image.
+            held = len(self.dataset.PixelData or b"")
+            if held not in (n_bytes, n_bytes + 1):  # + 1: the pad byte that keeps a DICOM value even-length
+                raise ValueError(
+                    f"{self.path}: pixel data holds {held} bytes, but Rows × Columns × SamplesPerPixel × "
+                    f"BitsAllocated/8 = {rows} × {columns} × {samples} × {bits}/8 = {n_bytes}"
+                )
+        return n_bytes
+
     def pixels(self) -> np.ndarray:
-        """Rescaled pixel values as (x, y) = (columns, rows)."""
+        """Rescaled pixel values as (x, y) = (columns, rows); the decoded size is checked before decoding."""
+        from cinema.io.limits import out_of_memory
+
+        n_bytes = self._pixel_bytes()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 array = self.dataset.pixel_array
+        except MemoryError:
+            raise out_of_memory(self.path, n_bytes, "the decoded pixel data") from None
         except Exception as err:  # pydicom raises assorted types for missing/short/compressed pixel data
             raise ValueError(f"{self.path}: cannot decode pixel data ({type(err).__name__}: {err})") from err
         if array.shape != self.shape:
             raise ValueError(f"{self.path}: pixel data has shape {array.shape}, expected {self.shape}")
         slope = _optional_float(self.dataset, "RescaleSlope")
         intercept = _optional_float(self.dataset, "RescaleIntercept")
-        array = array.astype(np.float32)
-        if slope is not None and slope != 1.0:
-            array = array * np.float32(slope)
-        if intercept:
-            array = array + np.float32(intercept)
+        # Overflow becomes inf, refused below with the file's name; NumPy's warnings would only repeat it unnamed.
+        with np.errstate(all="ignore"):
+            array = array.astype(np.float32)
+            if slope is not None and slope != 1.0:
+                array = array * np.float32(slope)
+            if intercept:
+                array = array + np.float32(intercept)
         if not np.isfinite(array).all():
             raise ValueError(f"{self.path}: pixel values are not finite after rescaling")
         return array.T
 
 
+def _read_dataset_bounded(path: Path, file: Any) -> Dataset:
+    """`pydicom.dcmread` of an open binary file, except that a deflated data set is inflated here in bounded chunks.
+
+    pydicom inflates a Deflated Explicit VR Little Endian data set with one unbounded ``zlib.decompress``: a few kB
+    can claim gigabytes. This mirrors what it does after inflating (explicit VR little endian from there on).
+    """
+    import zlib
+
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from cinema.io.limits import ENV_MAX_IMAGE_MB, format_bytes, max_decoded_bytes
+
+    preamble = read_preamble(file, False)
+    file_meta = _read_file_meta_info(file)  # private in pydicom, but stable since 1.x: there is no public form
+    if str(file_meta.get("TransferSyntaxUID", "")) != DeflatedExplicitVRLittleEndian:
+        file.seek(0)
+        return pydicom.dcmread(file)
+    limit, chunk_bytes = max_decoded_bytes(), 1 << 20
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    chunks: list[bytes] = []
+    inflated, pending = 0, b""
+    while not inflater.eof:
+        pending = pending or file.read(chunk_bytes)
+        if not pending:
+            raise ValueError(f"{path}: unreadable DICOM file (the deflated data set is truncated)")
+        chunk = inflater.decompress(pending, chunk_bytes)
+        pending = inflater.unconsumed_tail
+        inflated += len(chunk)
+        if inflated > limit:
+            raise ValueError(
+                f"{path}: the deflated DICOM data set inflates to more than the limit of {format_bytes(limit)} per "
+                f"image file (raise it with {ENV_MAX_IMAGE_MB} if the file is genuine)"
+            )
+        chunks.append(chunk)
+    buffer = DicomBytesIO(b"".join(chunks))
+    chunks.clear()
+    dataset = read_dataset(buffer, is_implicit_VR=False, is_little_endian=True)
+    result = FileDataset(path, dataset, preamble, file_meta, is_implicit_VR=False, is_little_endian=True)
+    result.set_original_encoding(False, True, dataset.original_character_set)
+    return result
+
+
 def _read_image(path: Path) -> _Image | str:
     """Parse one DICOM file; returns the reason as a string when it is DICOM but not a positioned image."""
+    from cinema.io.limits import out_of_memory, read_error
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dataset = pydicom.dcmread(path)
-    except Exception as err:
+            with open(path, "rb") as file:
+                dataset = _read_dataset_bounded(path, file)
+            # pydicom decodes each element on first access: decode them all now, so that a damaged one (an
+            # unknown VR after a flipped byte) is reported here with the file's name, not later by whatever reads it.
+            for holder in (dataset.file_meta, dataset):
+                for tag in list(holder.keys()):
+                    try:
+                        holder[tag]
+                    except Exception as err:
+                        if not tag.is_private:
+                            raise ValueError(f"{path}: unreadable DICOM element {tag} ({err})") from err
+                        del holder[tag]  # never read here: a damaged vendor element costs nothing
+    except OSError as err:
+        raise read_error(path, err) from err
+    except MemoryError as err:
+        raise out_of_memory(path, path.stat().st_size, "the DICOM data set") from err
+    except Exception as err:  # pydicom raises many types for a damaged file; ours already name it
+        if isinstance(err, ValueError) and str(err).startswith(f"{path}: "):
+            raise
         raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
     if "PixelData" not in dataset:
         # pydicom returns what it parsed before a truncation; an image object without pixels is a damaged file.
@@ -182,24 +297,32 @@ def _read_image(path: Path) -> _Image | str:
     orientation = _float_list(dataset, "ImageOrientationPatient")
     if position is None or orientation is None:
         return "no ImagePositionPatient/ImageOrientationPatient"
-    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+    try:
+        n_frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    except (TypeError, ValueError) as err:  # a multi-valued or non-numeric element
+        raise ValueError(f"{path}: malformed NumberOfFrames/Rows/Columns ({err})") from err
+    if n_frames > 1:
         raise ValueError(f"{path}: enhanced multi-frame DICOM is not supported; export classic single-frame images")
     if len(position) != 3 or len(orientation) != 6 or not np.isfinite(position + orientation).all():
         raise ValueError(f"{path}: malformed ImagePositionPatient/ImageOrientationPatient")
     orientation_array = np.asarray(orientation)
     row_dir, col_dir = orientation_array[:3], orientation_array[3:]
-    if (
-        abs(np.linalg.norm(row_dir) - 1) > 1e-2
-        or abs(np.linalg.norm(col_dir) - 1) > 1e-2
-        or abs(row_dir @ col_dir) > 1e-2
-    ):
+    with np.errstate(all="ignore"):  # huge values overflow to inf and fail the test; no need for NumPy's warning
+        not_unit = (
+            abs(np.linalg.norm(row_dir) - 1) > 1e-2
+            or abs(np.linalg.norm(col_dir) - 1) > 1e-2
+            or abs(row_dir @ col_dir) > 1e-2
+        )
+    if not_unit:
         raise ValueError(f"{path}: ImageOrientationPatient is not two orthogonal unit vectors: {orientation}")
     spacing = _float_list(dataset, "PixelSpacing")
     if spacing is None or len(spacing) != 2:
         raise ValueError(f"{path}: missing or malformed PixelSpacing")
-    if not np.isfinite(spacing).all() or min(spacing) <= 0:
+    if not np.isfinite(spacing).all():
+        raise ValueError(f"{path}: non-finite pixel spacing {spacing}")
+    if min(spacing) <= 0:
         raise ValueError(f"{path}: zero or negative pixel spacing {spacing}")
-    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
     if rows < 1 or columns < 1:
         raise ValueError(f"{path}: missing image size (Rows/Columns)")
     instance = dataset.get("InstanceNumber")
@@ -403,17 +526,34 @@ def _phi_metadata(dataset: Dataset) -> dict[str, Any]:
 
 
 def list_dicom_files(folder: str | os.PathLike) -> list[Path]:
-    """Every file under `folder` (recursively, sorted) that carries the DICOM preamble."""
+    """Every file under `folder` (recursively, sorted) that carries the DICOM preamble.
+
+    A sub-folder that cannot be listed is an error naming it (`Path.rglob` would silently leave it out, and with it
+    part of the exam); linked folders are followed once each.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and has_dicom_preamble(p))
+
+    def unreadable(err: OSError) -> None:
+        raise ValueError(f"{err.filename}: cannot list this folder ({err.strerror or type(err).__name__})") from err
+
+    files: list[Path] = []
+    visited: set[Path] = set()
+    for root, subdirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = Path(root).resolve()
+        if real in visited:  # a link loop, or one folder linked twice
+            subdirs[:] = []
+            continue
+        visited.add(real)
+        files += [Path(root) / name for name in names]
+    return sorted(p for p in files if p.is_file() and has_dicom_preamble(p))
 
 
 def _pseudonymise_uid(uid: str) -> str:
-    # UIDs can link an exam back to the hospital's records (PS3.15 replaces them); a hash still lets users tell
-    # series apart and match them across runs.
-    return "sha256:" + hashlib.sha256(uid.encode()).hexdigest()[:20] if uid else ""
+    # UIDs can link an exam back to the hospital's records (PS3.15 replaces them); a keyed hash still lets users tell
+    # series apart and match them across runs on this installation, but nobody without its secret can re-link them.
+    return pseudonymise_uid(uid)
 
 
 def _pseudonymise_uids(metadata: dict[str, Any]) -> None:
@@ -424,15 +564,63 @@ def _pseudonymise_uids(metadata: dict[str, Any]) -> None:
         info["series_instance_uids"] = [_pseudonymise_uid(uid) for uid in info["series_instance_uids"]]
 
 
-def read_dicom_study(folder: str | os.PathLike, keep_phi: bool = False) -> Study:
-    """Read one cine exam from a DICOM folder (see the module docstring for the exact policy)."""
+def read_dicom_study(folder: str | os.PathLike, keep_phi: bool = False, study: str | None = None) -> Study:
+    """Read one cine exam from a DICOM folder (see the module docstring for the exact policy).
+
+    A folder holding images of several studies (StudyInstanceUID) is refused with the studies listed by their
+    pseudonyms, unless `study` names one of them (its pseudonym as listed, or its raw UID).
+    """
     # Real headers often break VR rules (e.g. UIDs with leading zeros); pydicom warns per element and per file.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return _read_dicom_study(Path(folder), keep_phi)
+        return _read_dicom_study(Path(folder), keep_phi, study)
 
 
-def _read_dicom_study(folder: Path, keep_phi: bool) -> Study:
+def dicom_studies(folder: str | os.PathLike) -> dict[str, list[Path]]:
+    """The DICOM files under `folder` grouped by study: {pseudonymised StudyInstanceUID: files}; headers only."""
+    groups: dict[str, list[Path]] = defaultdict(list)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for path in list_dicom_files(folder):
+            try:
+                dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+            except Exception as err:  # pydicom raises many types for a damaged file
+                raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
+            groups[_pseudonymise_uid(str(dataset.get("StudyInstanceUID", "") or ""))].append(path)
+    return dict(groups)
+
+
+def _one_study(folder: Path, images: list[_Image], study: str | None) -> list[_Image]:
+    """The images of the one study (and one patient) the exam is; several without a choice is an error."""
+    by_study: dict[str, list[_Image]] = defaultdict(list)
+    raw_of: dict[str, str] = {}
+    for image in images:
+        raw = str(image.dataset.get("StudyInstanceUID", "") or "")
+        key = _pseudonymise_uid(raw) or "(no StudyInstanceUID)"
+        raw_of[key] = raw
+        by_study[key].append(image)
+    if study is not None:
+        chosen = [key for key in by_study if study in (key, raw_of[key])]
+        if not chosen:
+            listed = ", ".join(sorted(by_study))
+            raise ValueError(f"{folder}: no study {study!r} here (the studies here: {listed})")
+        images = by_study[chosen[0]]
+    elif len(by_study) > 1:
+        listed = "; ".join(f"{key} ({len(group)} images)" for key, group in sorted(by_study.items()))
+        raise ValueError(
+            f"{folder}: holds {len(by_study)} studies ({listed}); an exam is one study: pick one with "
+            "--study ID, or split the folder into one exam per study with `cinema index`"
+        )
+    patients = {str(image.dataset.get("PatientID", "") or "") for image in images}
+    if len(patients) > 1:
+        raise ValueError(
+            f"{folder}: one study holds images of {len(patients)} different patients (PatientID); "
+            "refusing to mix patients in one exam"
+        )
+    return images
+
+
+def _read_dicom_study(folder: Path, keep_phi: bool, study: str | None = None) -> Study:
     files = list_dicom_files(folder)
     if not files:
         raise ValueError(f"{folder}: no DICOM files found")
@@ -456,6 +644,10 @@ def _read_dicom_study(folder: Path, keep_phi: bool) -> Study:
     skipped.extend(f"{count} DICOM file(s): {reason}" for reason, count in skip_reasons.items())
     if not images:
         raise ValueError(f"{folder}: no positioned DICOM images (no cine) found")
+    images = _one_study(folder, images, study)
+
+    def shown(uid: str) -> str:  # warnings are written into outputs: never a raw UID unless PHI is kept
+        return uid if keep_phi else _pseudonymise_uid(uid)
 
     by_series: dict[str, list[_Image]] = defaultdict(list)
     for image in images:
@@ -529,7 +721,9 @@ def _read_dicom_study(folder: Path, keep_phi: bool) -> Study:
             if len(series_here) > 1:
                 # Repeated acquisitions of one slice: keep the latest series (highest SeriesNumber).
                 latest = max(images_at_position, key=lambda image: image.series_number).series_uid
-                warnings_out.append(f"sax: {len(series_here)} series at one slice position; kept the latest ({latest})")
+                warnings_out.append(
+                    f"sax: {len(series_here)} series at one slice position; kept the latest ({shown(latest)})"
+                )
                 images_at_position = [image for image in images_at_position if image.series_uid == latest]
             resolved.append(images_at_position)
         views[SAX], view_info[SAX] = _assemble_view(SAX, resolved, warnings_out)

@@ -63,3 +63,19 @@ def check_decoded_size(source: object, n_bytes: int, what: str = "image data") -
             f"{source}: {what} would take {format_bytes(n_bytes)} in memory, more than the limit of "
             f"{format_bytes(limit)} per image file (raise it with {ENV_MAX_IMAGE_MB} if the file is genuine)"
         )
+
+
+def read_error(source: object, err: OSError) -> ValueError:
+    """The ValueError for a file the system will not let us read: named to the user, never silently skipped."""
+    if isinstance(err, PermissionError):
+        reason = "permission denied"
+    else:
+        reason = (err.strerror or str(err) or type(err).__name__).rstrip(".").lower()
+    return ValueError(f"{source}: cannot read: {reason}")
+
+
+def out_of_memory(source: object, n_bytes: int, what: str = "image data") -> ValueError:
+    """The ValueError for a MemoryError while decoding `source`: says what it tried to allocate."""
+    return ValueError(
+        f"{source}: not enough memory for {what} ({format_bytes(n_bytes)}); free memory or read a smaller file"
+    )

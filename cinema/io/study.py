@@ -62,21 +62,49 @@ class CineView:
             raise ValueError(f"{where}: {self.name} image has an empty axis, shape {image.shape}")
         if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
             raise ValueError(f"{where}: {self.name} image must be real numbers, got dtype {image.dtype}")
-        image = image.astype(np.float32, copy=False)
-        if not np.isfinite(image).all():
+        # Extremes before the float32 conversion: NaN and ±inf propagate into them, and so do values float32 cannot
+        # hold. Intensities stay below half of float32's range so that the difference of any two (interpolation,
+        # percentile scaling) is finite; no real image comes near it.
+        low, high = float(image.min()), float(image.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError(f"{where}: {self.name} image contains NaN or infinite values")
+        peak, float32_max = max(-low, high), float(np.finfo(np.float32).max)
+        if peak > float32_max:
+            raise ValueError(
+                f"{where}: {self.name} image values reach ±{peak:.3g}, beyond float32's range (±{float32_max:.3g}): "
+                "the conversion to float32 would overflow to infinity"
+            )
+        if peak > float32_max / 2:
+            raise ValueError(
+                f"{where}: {self.name} image values reach ±{peak:.3g}, too close to float32's limit "
+                f"(±{float32_max:.3g}): differences between them (interpolation, intensity scaling) would overflow"
+            )
+        image = image.astype(np.float32, copy=False)
         self.image = image
 
         affine = np.asarray(self.affine, dtype=np.float64)
-        if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        if affine.shape != (4, 4):
             raise ValueError(f"{where}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
+        if not np.isfinite(affine).all():
+            raise ValueError(f"{where}: affine must be a finite 4x4 matrix, got NaN or infinite entries")
         if not np.allclose(affine[3], [0, 0, 0, 1]):
             raise ValueError(f"{where}: affine last row must be [0, 0, 0, 1], got {affine[3].tolist()}")
-        spacing = np.linalg.norm(affine[:3, :3], axis=0)
-        if (spacing <= 0).any():
-            raise ValueError(f"{where}: voxel spacing must be positive, got {tuple(spacing.round(6).tolist())}")
-        if abs(np.linalg.det(affine[:3, :3])) < 1e-6 * float(np.prod(spacing)):
+        with np.errstate(all="ignore"):
+            spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        if not np.isfinite(spacing).all() or (spacing <= 0).any():
+            raise ValueError(
+                f"{where}: voxel spacing must be positive and finite, got {tuple(spacing.round(6).tolist())}"
+            )
+        # The determinant of the unit axis directions: the product of the spacings can underflow to 0 or overflow.
+        if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-6:
             raise ValueError(f"{where}: affine is singular (voxel axes are not independent)")
+        with np.errstate(all="ignore"):
+            inverse_finite = np.isfinite(np.linalg.inv(affine)).all()
+        if not inverse_finite:
+            raise ValueError(
+                f"{where}: affine cannot be inverted in floating point (spacing {tuple(spacing.tolist())}, "
+                f"origin {affine[:3, 3].tolist()})"
+            )
         self.affine = affine
 
         n_frames = self.n_frames
