@@ -1,6 +1,6 @@
 """Evaluate a trained model on a dataset split: per-case CSV, summary JSON with subgroup breakdowns, plots.
 
-The driver behind ``cinema evaluate``. A run folder written by `cinema.train.Trainer` (``config.yaml`` +
+The driver behind ``cinema evaluate``. A run folder written by `cinema.train.trainer.Trainer` (``config.yaml`` +
 ``splits.json`` + ``model/``) or a fine-tuning YAML config says which dataset and split to read and how; any other
 official-format model folder can be scored instead (``weights``).
 
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cinema.train.config import FinetuneConfig
+from cinema.config import FinetuneConfig
 
 if TYPE_CHECKING:
     from cinema.train.datasets import Entry
@@ -95,7 +95,8 @@ def resolve_source(
     A run folder holds ``config.yaml`` (the resolved config), ``splits.json`` and ``model/``. For a config file the
     splits and model of its ``output_dir`` are used when that run exists. ``weights`` replaces the model.
     """
-    from cinema.train.config import load_config, resolve_path
+    from cinema.config import load_config
+    from cinema.config.parse import resolve_path
 
     source = Path(source)
     if not source.exists():
@@ -199,10 +200,12 @@ def segmentation_rows(
     """
     import torch
 
-    from cinema.analysis.segment import load_segmentation_model, segment_study
+    from cinema.analysis.segment import SegmentationPredictor
     from cinema.metrics import cardiac_case_metrics
 
-    model = load_segmentation_model(weights, device=device)
+    predictor = SegmentationPredictor.from_weights(
+        weights, device=device, postprocess=postprocess, batch_size=batch_size
+    )
     rows = []
     with torch.no_grad():
         for entry in entries:
@@ -214,7 +217,7 @@ def segmentation_rows(
             unlabelled = [name for name, f in (("ED", ed), ("ES", es)) if f not in view.labels]
             if unlabelled:
                 raise ValueError(f"{entry.source}: no manual labels at {' and '.join(unlabelled)}")
-            pred = segment_study(study, model, frames=sorted({ed, es}), postprocess=postprocess, batch_size=batch_size)
+            pred = predictor.segment_study(study, frames=sorted({ed, es}))
             metrics = cardiac_case_metrics(pred[ed], view.labels[ed], pred[es], view.labels[es], view.affine)
             rows.append({"id": entry.id, **case_metadata(entry, study.metadata), **metrics})
             if progress:
@@ -239,15 +242,15 @@ def prediction_rows(
     from torch.utils.data import DataLoader
 
     from cinema.models.checkpoint import load_model, read_config
+    from cinema.models.inference import to_device, windowed_outputs
     from cinema.tasks import make_task
-    from cinema.tasks.base import autocast_context, to_device
-    from cinema.tasks.classification import windowed_outputs
     from cinema.train.datasets import ValDataset, prepare_subject
+    from cinema.train.runtime import autocast_context
 
     task = make_task(config)
     torch_device = torch.device(device)
     model = load_model(weights, device=torch_device)
-    autocast = autocast_context(torch_device, False)
+    autocast = autocast_context(torch_device, "fp32")
     patch = {view: config.patch_size(view) for view in config.views}
     reduce = config.model.reduce
     mean = std = None

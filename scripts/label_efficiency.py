@@ -3,11 +3,11 @@
     python scripts/label_efficiency.py CONFIG [key=value ...] [--fractions 0.1 0.25 0.5 1.0] [--mae MAE_FOLDER]
                                        [-o OUT] [--inits scratch pretrained]
 
-For every fraction x initialisation one run of `cinema.train.Trainer` is made from CONFIG with ``data.proportion``
-set to the fraction (the trainer draws the validation split first and then keeps that fraction of the remaining
-training studies with the config's seed, so every run is scored on the same validation studies and the smaller
-training sets are subsets of the larger ones). ``pretrained`` runs load the CineMA MAE encoder from ``--mae`` (the
-official ``cinema.safetensors`` or a folder from our own pre-training) and need a ConvUNetR / ConvViT config.
+For every fraction x initialisation one run of `cinema.train.trainer.Trainer` is made from CONFIG with
+``data.proportion`` set to the fraction (the trainer draws the validation split first and then keeps that fraction of
+the remaining training studies with the config's seed, so every run is scored on the same validation studies and the
+smaller training sets are subsets of the larger ones). ``pretrained`` runs load the CineMA MAE encoder from ``--mae``
+(the official ``cinema.safetensors`` or a folder from our own pre-training) and need a ConvUNetR / ConvViT config.
 
 Outputs in OUT (default: ``<output_dir of CONFIG>_label_efficiency``): one run folder per combination
 (``<init>_p<fraction>``), ``label_efficiency.csv`` (init, fraction, training studies, best validation metric and its
@@ -66,7 +66,7 @@ def sweep(
     overrides: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Train every fraction x init combination (resuming existing runs); one result row per run."""
-    from cinema.train.config import load_config
+    from cinema.config import load_config
     from cinema.train.trainer import Trainer
 
     fractions = sorted(set(fractions))
@@ -139,8 +139,9 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cinema.config import load_config
+    from cinema.config.parse import resolve_path
     from cinema.metrics import write_csv
-    from cinema.train.config import load_config, resolve_path
 
     args = parse_args(argv)
     overrides = list(args.overrides) + (["train.progress_bar=false"] if args.quiet else [])

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cinema.config import load_config
 from cinema.io.datasets import read_acdc_info
-from cinema.train.config import load_config
 from cinema.train.trainer import Trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default_sax_segmentation.yaml"

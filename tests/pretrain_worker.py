@@ -26,8 +26,8 @@ def main(argv: list[str]) -> int:
 
         return cli_main(argv)
 
+    from cinema.config import load_pretrain_config
     from cinema.train.pretrain import pretrain
-    from cinema.train.pretrain_config import load_pretrain_config
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         if step == stall_after:

@@ -17,9 +17,9 @@ import yaml
 from test_train_data import acdc_data, tiny_config
 
 from cinema.analysis.segment import _model_space, _predict_probs, load_segmentation_model, segment_study
+from cinema.config import config_from_dict
 from cinema.io import read_acdc_patient
 from cinema.preprocess import locate_study_heart, neighbour_slices
-from cinema.train.config import config_from_dict
 from cinema.train.datasets import build_datasets
 from cinema.train.trainer import Trainer
 

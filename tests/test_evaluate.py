@@ -30,10 +30,10 @@ from test_train_data import (
 
 from cinema import cli
 from cinema.analysis.segment import load_segmentation_model, segment_study
+from cinema.config import config_from_dict
 from cinema.evaluate import evaluate, scan_rescan_pairs, scan_rescan_summary
 from cinema.io import read_acdc_info, read_acdc_patient
 from cinema.metrics import hausdorff_mm
-from cinema.train.config import config_from_dict
 from cinema.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

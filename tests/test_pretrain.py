@@ -16,11 +16,10 @@ from pretrain_fixtures import make_cohort, tiny_pretrain_config
 from safetensors.torch import load_file
 from test_train_data import TINY_UNETR, acdc_data, tiny_config
 
+from cinema.config import config_from_dict, pretrain_config_from_dict
 from cinema.io.index import build_index, write_index
 from cinema.models.checkpoint import load_model
-from cinema.train.config import config_from_dict
 from cinema.train.pretrain import pretrain
-from cinema.train.pretrain_config import pretrain_config_from_dict
 from cinema.train.pretrain_data import write_shards
 from cinema.train.runlog import read_csv_log
 from cinema.train.trainer import Trainer

@@ -11,9 +11,9 @@ import torch
 from pretrain_fixtures import make_cohort, tiny_pretrain_config
 
 import cinema.cli
+from cinema.config import load_pretrain_config, pretrain_config_from_dict
 from cinema.io.index import build_index, find_studies, read_index, write_index
 from cinema.io.shards import ShardStore, iter_tar_samples
-from cinema.train.pretrain_config import load_pretrain_config, pretrain_config_from_dict
 from cinema.train.pretrain_data import GlobalBatchSampler, InMemoryStudies, PretrainDataset, open_source, write_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")

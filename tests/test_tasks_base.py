@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from cinema.tasks.base import average_windows, sliding_window, soft_dice_loss, window_starts
-from cinema.tasks.landmark import soft_argmax, wing_loss
+from cinema.models.inference import average_windows, sliding_window, soft_argmax, window_starts
+from cinema.preprocess.augment import render_heatmaps
+from cinema.tasks.base import soft_dice_loss
+from cinema.tasks.landmark import wing_loss
 from cinema.tasks.segmentation import segmentation_loss
-from cinema.train.augment import render_heatmaps
 
 
 def test_window_starts_cover_the_axis() -> None:

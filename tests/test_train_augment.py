@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cinema.train.augment import (
+from cinema.preprocess.augment import (
     augment_view,
     crop_or_pad,
     random_affine,

@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cinema.train.config import (
-    FinetuneConfig,
-    config_from_dict,
-    load_config,
-    parse_overrides,
-)
+from cinema.config import FinetuneConfig, config_from_dict, load_config
+from cinema.config.parse import parse_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cinema.train.config import config_from_dict
+from cinema.config import config_from_dict
 from cinema.train.datasets import build_datasets, list_entries, split_entries
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from test_train_data import (
     tiny_config,
 )
 
+from cinema.config import config_from_dict
 from cinema.models.checkpoint import load_model
-from cinema.tasks.base import to_device
-from cinema.train.config import config_from_dict
+from cinema.models.inference import to_device
 from cinema.train.runlog import read_csv_log
 from cinema.train.trainer import Trainer
 

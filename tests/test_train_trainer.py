@@ -12,8 +12,8 @@ import yaml
 from test_train_data import landmark_data, make_landmark_cohort, tiny_config
 
 import cinema.cli
+from cinema.config import config_from_dict
 from cinema.models.checkpoint import build_model, save_model
-from cinema.train.config import config_from_dict
 from cinema.train.runlog import read_csv_log
 from cinema.train.trainer import Trainer
 

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "OUTPUT_FILES",
     "Analysis",
+    "analyze_path",
     "analyze_study",
     "disease_probabilities",
     "example_study_path",
@@ -133,35 +134,15 @@ class Analysis:
 
 
 def _segment_all_frames(
-    study: Study, model: Any, batch_size: int, amp: bool, progress: bool, confidence: dict[int, float]
+    study: Study, predictor: Any, progress: bool, confidence: dict[int, float]
 ) -> dict[int, np.ndarray]:
-    """`segment_study` over every frame, in the same frame groups it uses, with a progress bar; fills
-    ``confidence`` (frame -> mean top-class probability in the heart)."""
+    """Every frame through the predictor, with a progress bar; fills ``confidence`` (frame -> mean top-class
+    probability in the heart)."""
     from tqdm.auto import tqdm
 
-    from cinema.analysis.segment import segment_study, segment_view
-    from cinema.preprocess import locate_study_heart
-
-    view = study.view(SAX)
-    location = locate_study_heart(study, SAX)
-    if location.fallback:
-        # the network must search the whole field of view once; segment_study does that for all frames together
-        logger.info("no cardiac motion to locate the heart; searching the whole field of view")
-        return segment_study(study, model, batch_size=batch_size, amp=amp, confidence=confidence)
-    center = np.asarray(location.center_mm, dtype=np.float64)
-    group = max(1, batch_size // view.spatial_shape[2]) if model.n_dims == 2 else batch_size
-    frames = list(range(view.n_frames))
-    labels: dict[int, np.ndarray] = {}
-    with tqdm(total=len(frames), desc="segmenting", unit="frame", disable=not progress, leave=False) as bar:
-        for start in range(0, len(frames), group):
-            chunk = frames[start : start + group]
-            labels.update(
-                segment_view(
-                    view, model, frames=chunk, center_mm=center, batch_size=batch_size, amp=amp, confidence=confidence
-                )
-            )
-            bar.update(len(chunk))
-    return labels
+    n_frames = study.view(SAX).n_frames
+    with tqdm(total=n_frames, desc="segmenting", unit="frame", disable=not progress, leave=False) as bar:
+        return predictor.segment_study(study, confidence=confidence, progress=bar.update)
 
 
 def _ed_es(study: Study, lv_curve: np.ndarray, ed: int | None, es: int | None) -> tuple[int, int, str]:
@@ -234,21 +215,27 @@ def analyze_study(
 
     Args:
         study: the exam (read with `cinema.io.read_study`).
-        model: from `cinema.analysis.segment.load_segmentation_model`.
+        model: a `cinema.analysis.segment.SegmentationPredictor` (its options are used as they are), or a model from
+            `load_segmentation_model` (then run with `batch_size` and `amp`).
         ed, es: 0-based stored-frame indices of end-diastole / end-systole; None takes them from the input (ACDC
             Info.cfg, study.json) or else from the LV volume curve (max / min).
-        batch_size: slices (2-D model) or frames (3-D model) per forward pass.
-        amp: bf16 autocast.
+        batch_size: slices (2-D model) or frames (3-D model) per forward pass, for a bare model.
+        amp: bf16 autocast, for a bare model.
         progress: show a progress bar.
         classifier: disease classifier (`cinema.analysis.disease`); None uses the shipped one.
         landmark_model: LAX landmark model (`cinema.analysis.landmarks`); None skips landmarks and MAPSE.
     """
     import torch
 
+    from cinema.analysis.segment import InferenceOptions, SegmentationPredictor
+
+    predictor = model
+    if not isinstance(model, SegmentationPredictor):
+        predictor = SegmentationPredictor(model, InferenceOptions(batch_size=batch_size, amp=amp))
     view = study.view(SAX)
     confidence: dict[int, float] = {}
     with torch.no_grad():
-        per_frame = _segment_all_frames(study, model, batch_size, amp, progress, confidence)
+        per_frame = _segment_all_frames(study, predictor, progress, confidence)
     series = label_series(per_frame, view.n_frames)
     curves = volume_curves(series, view.spacing)
     ed, es, source = _ed_es(study, curves["lv"], ed, es)
@@ -260,7 +247,7 @@ def analyze_study(
     disease, features, disease_note = disease_probabilities(series, ed, es, view.spacing, classifier)
     landmarks, landmark_note = mitral_valve_landmarks(study, landmark_model)
     notes += [n for n, value in ((disease_note, disease), (landmark_note, landmarks)) if value is None]
-    model_name = Path(str(getattr(model, "source", "") or "model")).name
+    model_name = Path(str(getattr(predictor.model, "source", "") or "model")).name
     times = view.frame_times_ms
     metrics.update(
         {
@@ -370,6 +357,50 @@ def write_analysis(
         (tmp / "report.html").write_text(html_text, encoding="utf-8")
         (tmp / "cine_overlay.gif").write_bytes(gif)
     return out_dir
+
+
+def analyze_path(
+    source: str | Path,
+    out_dir: str | Path,
+    predictor: Any,
+    *,
+    ed: int | None = None,
+    es: int | None = None,
+    study_id: str | None = None,
+    landmark_model: Any | None = None,
+    force: bool = False,
+    progress: bool = False,
+    display_name: str | None = None,
+    other_inputs: Sequence[str | Path] = (),
+) -> Analysis:
+    """Read an exam, analyse it and write `out_dir`: the one sequence behind ``cinema analyze`` and ``cinema serve``.
+
+    Args:
+        source: an exam as `cinema.io.read_study` takes it (a NIfTI file is read as the SAX cine).
+        predictor: a `cinema.analysis.segment.SegmentationPredictor`.
+        ed, es: 0-based stored frames of end-diastole / end-systole (default: from the input or the LV curve).
+        study_id: the study to take from a DICOM folder holding several.
+        force: replace `out_dir` if it is an earlier cinema output (`cinema.io.atomic.check_output`).
+        display_name: shown for the exam in messages and the report instead of its path.
+        other_inputs: further files the command read (weights): `out_dir` must not replace them either.
+    """
+    from cinema.io import read_study
+    from cinema.io.datasets import nifti_shape
+    from cinema.io.read import detect_input_kind
+
+    source = Path(source)
+    kind = detect_input_kind(source)
+    study = read_study(source, view=SAX if kind == "nifti" else None, study=study_id)
+    if display_name is not None:
+        study.source = display_name
+    n_frames = study.view(SAX).n_frames  # a clear error for an exam without a short-axis cine
+    for flag, frame in (("--ed", ed), ("--es", es)):
+        if frame is not None and not 0 <= frame < n_frames:
+            raise ValueError(f"{flag} {frame} is outside the {n_frames} stored frames (0-based, 0..{n_frames - 1})")
+    analysis = analyze_study(study, predictor, ed=ed, es=es, progress=progress, landmark_model=landmark_model)
+    spatial_only = kind == "nifti" and len(nifti_shape(source)) == 3
+    write_analysis(analysis, out_dir, force=force, spatial_only=spatial_only, inputs=[source, *other_inputs])
+    return analysis
 
 
 def summary_lines(metrics: Mapping[str, Any]) -> list[str]:

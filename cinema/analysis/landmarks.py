@@ -102,8 +102,7 @@ def load_landmark_model(weights: str | Path, device: str | torch.device = "cpu")
 @torch.no_grad()
 def _model_points(model: LandmarkModel, images: np.ndarray, batch_size: int) -> np.ndarray:
     """(T, 3, 2) model-space (x, y) indices from model-space frames (X, Y, T) scaled to [0, 1]."""
-    from cinema.tasks.classification import global_forward
-    from cinema.tasks.landmark import soft_argmax
+    from cinema.models.inference import global_forward, soft_argmax
 
     samples = np.ascontiguousarray(images.transpose(2, 0, 1))[:, None]  # (T, 1, X, Y)
     size = torch.tensor(images.shape[:2] * N_POINTS, dtype=torch.float32)

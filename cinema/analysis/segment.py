@@ -46,7 +46,7 @@ networks saw every rotation in training, but ACDC's stored orientation is still 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ENSEMBLE_FILE",
+    "InferenceOptions",
     "ProbabilityAverage",
+    "SegmentationPredictor",
     "SegmentationModel",
     "ensemble_members",
     "heart_confidence",
@@ -347,7 +349,7 @@ def _predict_probs(
     ``mirror`` (x reversed) and ``rotate`` (the four in-plane quarter turns) average the softmax of the transformed
     copies of every window, each transformed back; with both, all eight.
     """
-    from cinema.tasks.base import average_windows
+    from cinema.models.inference import average_windows
 
     device = model.device
     x_size, y_size, depth, n_frames = volumes.shape
@@ -450,58 +452,145 @@ def heart_confidence(probs: np.ndarray) -> float:
     return float(top[heart].mean()) if heart.any() else float("nan")
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a `SegmentationPredictor` runs, fixed when it is built.
+
+    Attributes:
+        batch_size: slices (2-D model) or frames (3-D model) per forward pass.
+        amp: bf16 autocast (faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs; not bit-identical to fp32).
+        mirror: also predict the mirror image and average, so that exams stored with the other in-plane handedness
+            than the training data (another vendor's or reader's axis convention) are segmented alike.
+        rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
+        postprocess: keep the largest connected component of the LV cavity (``POSTPROCESS_CLASSES``).
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    amp: bool = False
+    mirror: bool = MIRROR_DEFAULT
+    rotate: bool = ROTATE_DEFAULT
+    postprocess: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+class SegmentationPredictor:
+    """One object that segments short-axis cines: weights and inference options chosen once, used everywhere.
+
+    In the spirit of nnU-Net's predictor: ``cinema segment``, ``cinema analyze``, ``cinema serve`` and ``cinema
+    evaluate`` all build one and call `segment_study`::
+
+        predictor = SegmentationPredictor.from_weights(None, device="cpu")   # None: the shipped model
+        labels = predictor.segment_study(read_study("exam/"))               # stored frame -> native uint8 labels
+    """
+
+    def __init__(self, model: SegmentationModel, options: InferenceOptions | None = None) -> None:
+        self.model = model
+        self.options = options or InferenceOptions()
+
+    @classmethod
+    def from_weights(
+        cls, weights: str | Path | None = None, device: str | torch.device = "cpu", **options: Any
+    ) -> SegmentationPredictor:
+        """Load `weights` (`load_segmentation_model`; None: the shipped model) with `InferenceOptions(**options)`."""
+        return cls(load_segmentation_model(weights, device=device), InferenceOptions(**options))
+
+    def probabilities(self, volumes: np.ndarray) -> np.ndarray:
+        """Softmax (C, X, Y, Z, F) of model-space frames (X, Y, Z, F) in [0, 1], with the test-time transforms."""
+        o = self.options
+        return _predict_probs(self.model, volumes, o.batch_size, o.amp, o.mirror, o.rotate)
+
+    def frame_groups(self, view: CineView, frames: Sequence[int]) -> list[list[int]]:
+        """The frames predicted together: as many slices as a batch holds (2-D), or a batch of frames (3-D)."""
+        batch = self.options.batch_size
+        group = max(1, batch // max(1, view.spatial_shape[2])) if self.model.n_dims == 2 else batch
+        return [list(frames[start : start + group]) for start in range(0, len(frames), group)]
+
+    def locate_heart(self, study: Study) -> np.ndarray | None:
+        """World centre of the crop: from the cine's motion (or the long-axis planes), None when neither is usable."""
+        from cinema.preprocess import locate_study_heart
+
+        location = locate_study_heart(study, SAX)
+        if location.fallback:
+            logger.info("no cardiac motion to locate the heart; searching the whole field of view")
+            return None
+        return np.asarray(location.center_mm, dtype=np.float64)
+
+    def segment_view(
+        self,
+        view: CineView,
+        *,
+        frames: Sequence[int] | None = None,
+        center_mm: np.ndarray | None = None,
+        confidence: dict[int, float] | None = None,
+        progress: Callable[[int], Any] | None = None,
+    ) -> dict[int, np.ndarray]:
+        """Segment frames of a SAX view; returns stored frame index -> uint8 labels of the view's spatial shape.
+
+        Args:
+            view: the short-axis cine.
+            frames: stored frame indices (default: all).
+            center_mm: world point to centre the crop on; None finds it with the network over the whole field of
+                view (`segment_study` passes the label-free motion-based location).
+            confidence: a dict to fill with stored frame -> `heart_confidence` of that frame's prediction.
+            progress: called with the number of frames finished after each group (a progress bar's ``update``).
+        """
+        if not view.is_sax:
+            raise ValueError(f"{view.source or view.name}: segmentation needs a short-axis (sax) view, got {view.name}")
+        frames = list(range(view.n_frames)) if frames is None else [int(f) for f in frames]
+        bad = [f for f in frames if not 0 <= f < view.n_frames]
+        if not frames or bad:
+            raise ValueError(f"{view.source or 'sax'}: frames {bad or frames} are not among its {view.n_frames} frames")
+        if center_mm is None:
+            center_mm = _heart_from_prediction(view, self.model, frames[0], self.options.batch_size, self.options.amp)
+        results: dict[int, np.ndarray] = {}
+        # frames are processed in groups so memory stays bounded for long cines
+        for chunk in self.frame_groups(view, frames):
+            images, transform = _model_space(view, chunk, self.model, center_mm)
+            probs = self.probabilities(images)
+            for i, frame in enumerate(chunk):
+                if confidence is not None:
+                    confidence[frame] = heart_confidence(probs[..., i])
+                labels = from_model_space(probs[..., i], transform, kind="prob")
+                results[frame] = (
+                    keep_largest_components(labels, POSTPROCESS_CLASSES) if self.options.postprocess else labels
+                )
+            if progress is not None:
+                progress(len(chunk))
+        return results
+
+    def segment_study(
+        self,
+        study: Study,
+        *,
+        frames: Sequence[int] | None = None,
+        confidence: dict[int, float] | None = None,
+        progress: Callable[[int], Any] | None = None,
+    ) -> dict[int, np.ndarray]:
+        """Segment the SAX view of a study, the heart located without labels; stored frame -> native uint8 labels.
+
+        The crop centre comes from the cine's motion (or the long-axis planes); where neither is usable (one frame,
+        a static series) the network finds the heart over the whole field of view (see `segment_view`).
+        """
+        view = study.view(SAX)
+        center = self.locate_heart(study)
+        return self.segment_view(view, frames=frames, center_mm=center, confidence=confidence, progress=progress)
+
+
 def segment_view(
     view: CineView,
     model: SegmentationModel,
     *,
     frames: Sequence[int] | None = None,
     center_mm: np.ndarray | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    postprocess: bool = True,
-    amp: bool = False,
-    mirror: bool = MIRROR_DEFAULT,
-    rotate: bool = ROTATE_DEFAULT,
     confidence: dict[int, float] | None = None,
+    **options: Any,
 ) -> dict[int, np.ndarray]:
-    """Segment frames of a SAX view; returns stored frame index -> uint8 labels of the view's spatial shape.
-
-    Args:
-        view: the short-axis cine.
-        model: from `load_segmentation_model`.
-        frames: stored frame indices (default: all).
-        center_mm: world point to centre the crop on; None finds it with the network over the whole field of view.
-            `segment_study` passes the label-free motion-based location.
-        batch_size: slices (2-D model) or frames (3-D model) per forward pass.
-        postprocess: keep the largest connected component of the LV cavity (``POSTPROCESS_CLASSES``).
-        amp: bf16 autocast (faster on CPUs with AMX and on recent GPUs; not bit-identical to fp32).
-        mirror: also predict the mirror image and average, so that exams stored with the other in-plane handedness
-            than the training data (another vendor's or reader's axis convention) are segmented alike.
-        rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
-        confidence: a dict to fill with stored frame -> `heart_confidence` of that frame's prediction.
-    """
-    if not view.is_sax:
-        raise ValueError(f"{view.source or view.name}: segmentation needs a short-axis (sax) view, got {view.name}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    frames = list(range(view.n_frames)) if frames is None else [int(f) for f in frames]
-    bad = [f for f in frames if not 0 <= f < view.n_frames]
-    if not frames or bad:
-        raise ValueError(f"{view.source or 'sax'}: frames {bad or frames} are not among its {view.n_frames} frames")
-    if center_mm is None:
-        center_mm = _heart_from_prediction(view, model, frames[0], batch_size, amp)
-    results: dict[int, np.ndarray] = {}
-    # frames are processed in groups so memory stays bounded for long cines
-    group = max(1, batch_size // max(1, view.spatial_shape[2])) if model.n_dims == 2 else batch_size
-    for start in range(0, len(frames), group):
-        chunk = frames[start : start + group]
-        images, transform = _model_space(view, chunk, model, center_mm)
-        probs = _predict_probs(model, images, batch_size, amp, mirror, rotate)
-        for i, frame in enumerate(chunk):
-            if confidence is not None:
-                confidence[frame] = heart_confidence(probs[..., i])
-            labels = from_model_space(probs[..., i], transform, kind="prob")
-            results[frame] = keep_largest_components(labels, POSTPROCESS_CLASSES) if postprocess else labels
-    return results
+    """`SegmentationPredictor(model, InferenceOptions(**options)).segment_view(...)`, for one-off calls."""
+    predictor = SegmentationPredictor(model, InferenceOptions(**options))
+    return predictor.segment_view(view, frames=frames, center_mm=center_mm, confidence=confidence)
 
 
 def segment_study(
@@ -509,34 +598,9 @@ def segment_study(
     model: SegmentationModel,
     *,
     frames: Sequence[int] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    postprocess: bool = True,
-    amp: bool = False,
-    mirror: bool = MIRROR_DEFAULT,
-    rotate: bool = ROTATE_DEFAULT,
     confidence: dict[int, float] | None = None,
+    **options: Any,
 ) -> dict[int, np.ndarray]:
-    """Segment the SAX view of a study, the heart located without labels; stored frame -> native uint8 labels.
-
-    The crop centre comes from the cine's motion (or the long-axis planes); where neither is usable (one frame,
-    a static series) the network finds the heart over the whole field of view (see `segment_view`).
-    """
-    from cinema.preprocess import locate_study_heart
-
-    view = study.view(SAX)
-    location = locate_study_heart(study, SAX)
-    center = None if location.fallback else np.asarray(location.center_mm, dtype=np.float64)
-    if center is None:
-        logger.info("no cardiac motion to locate the heart; searching the whole field of view")
-    return segment_view(
-        view,
-        model,
-        frames=frames,
-        center_mm=center,
-        batch_size=batch_size,
-        postprocess=postprocess,
-        amp=amp,
-        mirror=mirror,
-        rotate=rotate,
-        confidence=confidence,
-    )
+    """`SegmentationPredictor(model, InferenceOptions(**options)).segment_study(...)`, for one-off calls."""
+    predictor = SegmentationPredictor(model, InferenceOptions(**options))
+    return predictor.segment_study(study, frames=frames, confidence=confidence)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise CinemaError(f"--{name} must be a 0-based frame index, got {getattr(args, name)}")
 
-    from cinema.analysis.analyze import analyze_study, example_study_path, summary_lines, write_analysis
+    from cinema.analysis.analyze import analyze_path, example_study_path, summary_lines
 
     source = Path(args.study) if args.study is not None else example_study_path()
     if not source.exists():
@@ -72,40 +72,31 @@ def run(args: argparse.Namespace) -> int:
     inputs = [p for p in (source, args.weights, args.landmark_weights) if p]
     check_output(out, inputs, folder=True, force=args.force)  # before minutes of work
 
-    from cinema.analysis.segment import load_segmentation_model
-    from cinema.io import read_study
-    from cinema.io.datasets import nifti_shape
-    from cinema.io.read import detect_input_kind
-    from cinema.io.study import SAX
+    from cinema.analysis.segment import SegmentationPredictor
 
     started = time.perf_counter()
-    kind = detect_input_kind(source)
     if args.study is None:
         print(f"no STUDY given: analysing the bundled example exam ({source.name}, Sunnybrook Cardiac Data, CC0)")
-    study = read_study(source, view=SAX if kind == "nifti" else None, study=args.study_id)
-    study.view(SAX)  # a clear error for an exam without a short-axis cine
-    n_frames = study.sax.n_frames
-    for flag, frame in (("--ed", args.ed), ("--es", args.es)):
-        if frame is not None and frame >= n_frames:
-            raise CinemaError(f"{flag} {frame} is outside the {n_frames} stored frames (0-based, 0..{n_frames - 1})")
-    model = load_segmentation_model(args.weights, device=args.device)
+    predictor = SegmentationPredictor.from_weights(
+        args.weights, device=args.device, batch_size=args.batch_size, amp=args.amp
+    )
     landmark_model = None
     if args.landmark_weights is not None:
         from cinema.analysis.landmarks import load_landmark_model
 
         landmark_model = load_landmark_model(args.landmark_weights, device=args.device)
-    analysis = analyze_study(
-        study,
-        model,
+    analysis = analyze_path(
+        source,
+        out,
+        predictor,
         ed=args.ed,
         es=args.es,
-        batch_size=args.batch_size,
-        amp=args.amp,
-        progress=not args.quiet,
+        study_id=args.study_id,
         landmark_model=landmark_model,
+        force=args.force,
+        progress=not args.quiet,
+        other_inputs=inputs[1:],
     )
-    spatial_only = kind == "nifti" and len(nifti_shape(source)) == 3
-    write_analysis(analysis, out, force=args.force, spatial_only=spatial_only, inputs=inputs)
     for line in summary_lines(analysis.metrics):
         print(line)
     print(

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from cinema.cli import CinemaError
-    from cinema.train.config import load_config
+    from cinema.config import load_config
     from cinema.train.trainer import Trainer
 
     overrides = list(args.overrides)

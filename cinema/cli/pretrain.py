@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from cinema.cli import CinemaError
-    from cinema.train.pretrain_config import load_pretrain_config
+    from cinema.config import load_pretrain_config
 
     overrides = list(args.overrides)
     if args.quiet:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CinemaError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    from cinema.analysis.segment import load_segmentation_model, segment_study
+    from cinema.analysis.segment import SegmentationPredictor
     from cinema.io import read_study, write_label_nifti
     from cinema.io.datasets import nifti_shape
     from cinema.io.read import detect_input_kind
@@ -78,16 +78,16 @@ def run(args: argparse.Namespace) -> int:
     kind = detect_input_kind(source)
     study = read_study(source, view=SAX if kind == "nifti" else None, study=args.study_id)
     view = study.view(SAX)
-    model = load_segmentation_model(args.weights, device=args.device)
-    labels = segment_study(
-        study,
-        model,
+    predictor = SegmentationPredictor.from_weights(
+        args.weights,
+        device=args.device,
         batch_size=args.batch_size,
         postprocess=not args.no_postprocess,
         amp=args.amp,
         mirror=args.mirror,
         rotate=args.rotate,
     )
+    labels = predictor.segment_study(study)
     stacked = np.stack([labels[f] for f in range(view.n_frames)], axis=-1)
     if kind == "nifti" and len(nifti_shape(source)) == 3:
         stacked = stacked[..., 0]

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from cinema.train.pretrain_config import load_pretrain_config, pretrain_config_from_dict
+    from cinema.config import load_pretrain_config, pretrain_config_from_dict
     from cinema.train.pretrain_data import write_shards
 
     # the index is the input here, whatever the config's data source says

@@ -6,6 +6,8 @@
 - ``unet.py`` / ``resnet.py``: the CNN baselines.
 - :func:`load_model` / :func:`save_model` / :func:`build_model` / :func:`load_pretrained_encoder` (``checkpoint.py``):
   the official config.yaml + safetensors format, offline.
+- ``inference.py``: sliding windows, pooled-head forward, soft arg-max, batches to the device (validation,
+  evaluation and analysis all run models through it).
 
 Inputs are dicts ``{view: (B, C, *spatial)}`` with views ``sax`` (3-D, 192×192×16 at 1×1×10 mm) and ``lax_2c``,
 ``lax_3c``, ``lax_4c`` (2-D, 256×256 at 1×1 mm), intensities in [0, 1].

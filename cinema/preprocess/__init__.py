@@ -3,6 +3,7 @@
 `to_model_space` / `from_model_space` resample, crop and normalise native arrays (any affine) into the reference's
 model grid (SAX 1 x 1 x 10 mm, 192 x 192 x >=16; LAX 1 x 1 mm, 256 x 256) and bring predictions back onto the exact
 native grid. `locate_heart` finds the crop centre without labels; `view_to_model_space` does it all for a `Study`.
+`cinema.preprocess.augment` (imported on its own) is the batched torch augmentation of fine-tuning.
 """
 
 from cinema.preprocess.intensity import LOWER_PERCENTILE, UPPER_PERCENTILE, normalise_intensity, to_uint8

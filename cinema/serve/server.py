@@ -325,20 +325,10 @@ class JobRunner:
             remove_tree(job.folder)
 
     def _analyse(self, job: Job) -> dict[str, Any]:
-        from cinema.analysis.analyze import analyze_study, write_analysis
-        from cinema.io import read_study
-        from cinema.io.datasets import nifti_shape
-        from cinema.io.read import detect_input_kind
-        from cinema.io.study import SAX
+        from cinema.analysis.analyze import analyze_path
 
-        exam = find_exam(job.input)
-        kind = detect_input_kind(exam)
-        study = read_study(exam, view=SAX if kind == "nifti" else None)
-        study.source = "upload"  # the job folder's path (with the archive's folder names) must not reach messages
-        study.view(SAX)  # a clear error for an exam without a short-axis cine
-        analysis = analyze_study(study, self.model, batch_size=self.settings.batch_size, amp=self.settings.amp)
-        spatial_only = kind == "nifti" and len(nifti_shape(exam)) == 3
-        write_analysis(analysis, job.out, spatial_only=spatial_only)
+        # the job folder's path (with the archive's folder names) must not reach messages or the report
+        analysis = analyze_path(find_exam(job.input), job.out, self.model, display_name="upload")
         return analysis.metrics
 
     def status(self, job: Job) -> dict[str, Any]:
@@ -463,11 +453,17 @@ class CinemaServer(ThreadingHTTPServer):
 
 
 def make_server(settings: ServeSettings = ServeSettings(), model: Any = None) -> CinemaServer:
-    """Load the segmentation model once (unless given) and bind the server; call ``serve_forever()`` on it."""
-    if model is None:
-        from cinema.analysis.segment import load_segmentation_model
+    """Build the segmentation predictor once (from `model` when given) and bind the server; call
+    ``serve_forever()`` on it."""
+    from cinema.analysis.segment import InferenceOptions, SegmentationPredictor
 
-        model = load_segmentation_model(settings.weights, device=settings.device)
+    options = InferenceOptions(batch_size=settings.batch_size, amp=settings.amp)
+    if model is None:
+        model = SegmentationPredictor.from_weights(
+            settings.weights, device=settings.device, batch_size=settings.batch_size, amp=settings.amp
+        )
+    elif not isinstance(model, SegmentationPredictor):
+        model = SegmentationPredictor(model, options)
     return CinemaServer(settings, model)
 
 

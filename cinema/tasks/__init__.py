@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from cinema.tasks.base import Task
 
 if TYPE_CHECKING:
-    from cinema.train.config import FinetuneConfig
+    from cinema.config import FinetuneConfig
 
 __all__ = ["Task", "make_task"]
 

@@ -1,4 +1,4 @@
-"""What every fine-tuning task shares: the `Task` interface the trainer drives, batch augmentation, sliding windows.
+"""What every fine-tuning task shares: the `Task` interface the trainer drives, batch augmentation, soft Dice.
 
 A task turns a batch into a loss (training) and a model plus a validation loader into metrics (model selection).
 Batches are dicts built by `cinema.train.datasets`:
@@ -13,15 +13,14 @@ Batches are dicts built by `cinema.train.datasets`:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from cinema.train.augment import augment_view, scale_intensity
-from cinema.train.config import FinetuneConfig
+from cinema.config import FinetuneConfig
+from cinema.preprocess.augment import augment_view, scale_intensity
 
 Batch = dict[str, Any]
 
@@ -89,8 +88,9 @@ class Task:
         out["image"] = {view: scale_intensity(image) for view, image in batch["image"].items()}
         return out
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss to minimise plus loggable parts (floats)."""
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar loss to minimise plus loggable parts: detached tensors, 0-dim or one value per view (the log shows
+        their mean). The trainer reads them from the device only when it logs, so a step never waits for the GPU."""
         raise NotImplementedError
 
     # ---- validation -------------------------------------------------------------------------------------------
@@ -108,19 +108,6 @@ class Task:
         return self.metric_modes[metric]
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor of a (nested) batch to ``device``."""
-
-    def move(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.to(device, non_blocking=True)
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        return value
-
-    return {k: move(v) for k, v in batch.items()}
-
-
 def soft_dice_loss(
     probs: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, batch: bool = False
 ) -> torch.Tensor:
@@ -136,87 +123,3 @@ def soft_dice_loss(
     intersection = (probs * target).sum(dims)
     total = probs.sum(dims) + target.sum(dims)
     return (1.0 - (2.0 * intersection + smooth) / (total + smooth)).mean()
-
-
-def window_starts(size: int, patch: int, overlap: float = 0.5) -> list[int]:
-    """Window origins covering [0, size) with windows of ``patch``, the last one flush with the end."""
-    if size <= patch:
-        return [0]
-    step = max(1, int(patch * (1.0 - overlap)))
-    starts = list(range(0, size - patch + 1, step))
-    if starts[-1] != size - patch:
-        starts.append(size - patch)
-    return starts
-
-
-def sliding_window(
-    images: dict[str, torch.Tensor],
-    patch_size: dict[str, Sequence[int]],
-    predict: Callable[[dict[str, torch.Tensor]], Any],
-    overlap: float = 0.5,
-) -> list[tuple[dict[str, tuple[slice, ...]], Any]]:
-    """Run ``predict`` on every window of the (single) view larger than its patch; other views are passed whole.
-
-    Images must already be at least the patch size on every axis (the datasets pad at the end). Returns
-    ``[(window slices per view, prediction)]`` for the caller to combine (probability average, mean, ...).
-    """
-    larger = [v for v, x in images.items() if tuple(x.shape[2:]) != tuple(patch_size[v])]
-    for view in larger:
-        if any(s < p for s, p in zip(images[view].shape[2:], patch_size[view], strict=True)):
-            raise ValueError(f"{view}: image {tuple(images[view].shape[2:])} is smaller than patch {patch_size[view]}")
-    if not larger:
-        whole = {v: tuple(slice(None) for _ in x.shape[2:]) for v, x in images.items()}
-        return [(whole, predict(images))]
-    if len(larger) > 1:
-        raise ValueError(f"sliding-window inference windows one view at a time, got several larger views: {larger}")
-    view = larger[0]
-    image = images[view]
-    grids = [window_starts(s, p, overlap) for s, p in zip(image.shape[2:], patch_size[view], strict=True)]
-    results = []
-    for starts in _product(grids):
-        slices = tuple(slice(s, s + p) for s, p in zip(starts, patch_size[view], strict=True))
-        window = {v: (x[(slice(None), slice(None), *slices)] if v == view else x) for v, x in images.items()}
-        where = {v: (slices if v == view else tuple(slice(None) for _ in x.shape[2:])) for v, x in images.items()}
-        results.append((where, predict(window)))
-    return results
-
-
-def average_windows(
-    images: dict[str, torch.Tensor],
-    patch: dict[str, tuple[int, ...]],
-    predict: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
-) -> dict[str, torch.Tensor]:
-    """Average dense per-window predictions back onto the full images."""
-    results = sliding_window(images, patch, predict)
-    if len(results) == 1:
-        return results[0][1]
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    for where, probs in results:
-        for view, p in probs.items():
-            if view not in sums:
-                full = (p.shape[0], p.shape[1], *images[view].shape[2:])
-                sums[view] = p.new_zeros(full)
-                counts[view] = p.new_zeros((1, 1, *images[view].shape[2:]))
-            index = (slice(None), slice(None), *where[view])
-            sums[view][index] += p
-            counts[view][index] += 1
-    return {view: sums[view] / counts[view] for view in sums}
-
-
-def _product(grids: list[list[int]]) -> list[tuple[int, ...]]:
-    combos: list[tuple[int, ...]] = [()]
-    for grid in grids:
-        combos = [(*c, g) for c in combos for g in grid]
-    return combos
-
-
-def autocast_context(device: torch.device, enabled: bool) -> Callable[[], Any]:
-    """A factory of bf16 autocast contexts (a no-op context when disabled)."""
-
-    def factory() -> Any:
-        if not enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-    return factory

@@ -17,35 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cinema.config import FinetuneConfig
 from cinema.metrics import classification_metrics, regression_metrics
-from cinema.tasks.base import Batch, Task, sliding_window, to_device
-from cinema.train.config import FinetuneConfig
-
-
-def global_forward(model: nn.Module, images: dict[str, torch.Tensor], reduce: str) -> torch.Tensor:
-    """(B, out) outputs of a pooled-head model: ConvViT (with its token pooling) or ResNet."""
-    if hasattr(model, "feature_forward"):
-        return model(images, reduce=reduce)
-    return model(images)
-
-
-def windowed_outputs(
-    model: nn.Module,
-    images: dict[str, torch.Tensor],
-    patch: dict[str, tuple[int, ...]],
-    reduce: str,
-    autocast: Callable[[], Any],
-    transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-) -> torch.Tensor:
-    """Mean over sliding windows of ``transform(outputs)`` (e.g. softmax for classification)."""
-
-    def predict(window: dict[str, torch.Tensor]) -> torch.Tensor:
-        with autocast():
-            out = global_forward(model, window, reduce)
-        return transform(out.float())
-
-    results = sliding_window(images, patch, predict)
-    return torch.stack([out for _, out in results]).mean(dim=0)
+from cinema.models.inference import global_forward, to_device, windowed_outputs
+from cinema.tasks.base import Batch, Task
 
 
 class ClassificationTask(Task):
@@ -57,10 +32,10 @@ class ClassificationTask(Task):
         super().__init__(config)
         self.classes = list(config.data.classes or [])
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = global_forward(model, batch["image"], self.config.model.reduce).float()
         loss = F.cross_entropy(logits, batch["target"].long(), label_smoothing=self.config.train.label_smoothing)
-        return loss, {"cross_entropy": loss.item()}
+        return loss, {"cross_entropy": loss.detach()}
 
     def evaluate(
         self, model: nn.Module, batches: Iterable[Batch], device: torch.device, autocast: Callable[[], Any]
@@ -83,11 +58,11 @@ class RegressionTask(Task):
     default_metric = "mae"
     metric_modes = {"mae": "min", "rmse": "min", "restored_mae": "min", "restored_rmse": "min"}
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         preds = global_forward(model, batch["image"], self.config.model.reduce).float()[:, 0]
         target = batch["target"].to(preds.dtype)
         mse = F.mse_loss(preds, target)
-        return mse, {"mse": mse.item(), "mae": F.l1_loss(preds.detach(), target).item()}
+        return mse, {"mse": mse.detach(), "mae": F.l1_loss(preds.detach(), target)}
 
     def evaluate(
         self, model: nn.Module, batches: Iterable[Batch], device: torch.device, autocast: Callable[[], Any]

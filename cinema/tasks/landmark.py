@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cinema.config import FinetuneConfig
+from cinema.config.schema import N_LANDMARKS
 from cinema.metrics import landmark_distance_mm
-from cinema.tasks.base import Batch, Task, average_windows, sliding_window, soft_dice_loss, to_device
-from cinema.tasks.classification import global_forward
-from cinema.train.augment import render_heatmaps
-from cinema.train.config import N_LANDMARKS, FinetuneConfig
+from cinema.models.inference import average_windows, global_forward, sliding_window, soft_argmax, to_device
+from cinema.preprocess.augment import render_heatmaps
+from cinema.tasks.base import Batch, Task, soft_dice_loss
 
 # Midpoint offsets: each point minus the mean of the other two, as a (6, 6) map on (x1, y1, ..., x3, y3).
 _RELATIVE = torch.tensor(
@@ -49,15 +50,6 @@ def wing_loss(pred: torch.Tensor, true: torch.Tensor, w: float = 10.0, epsilon: 
     error = (pred - true).abs()
     c = w - w * math.log(1.0 + w / epsilon)
     return torch.where(error < w, w * torch.log1p(error / epsilon), error - c).mean()
-
-
-def soft_argmax(probs: torch.Tensor, temperature: float = 1000.0) -> torch.Tensor:
-    """(B, K, X, Y) heatmaps -> (B, K, 2) expected (x, y) under softmax(probs * temperature) over pixels."""
-    batch, k, nx, ny = probs.shape
-    weights = torch.softmax(probs.reshape(batch, k, -1).float() * temperature, dim=-1).reshape(batch, k, nx, ny)
-    xs = torch.arange(nx, dtype=weights.dtype, device=weights.device)
-    ys = torch.arange(ny, dtype=weights.dtype, device=weights.device)
-    return torch.stack([(weights.sum(3) * xs).sum(2), (weights.sum(2) * ys).sum(2)], dim=-1)
 
 
 class _LandmarkTask(Task):
@@ -83,13 +75,13 @@ class _LandmarkTask(Task):
 class LandmarkHeatmapTask(_LandmarkTask):
     name = "landmark_heatmap"
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = batch["image"][self.view]
         logits = model({self.view: image})[self.view].float()
         target = render_heatmaps(batch["points"][self.view], image.shape[2:], self.config.data.heatmap_sigma)
         dice = soft_dice_loss(torch.sigmoid(logits), target)
         bce = F.binary_cross_entropy_with_logits(logits, target)
-        return dice + bce, {"dice_loss": dice.item(), "bce": bce.item()}
+        return dice + bce, {"dice_loss": dice.detach(), "bce": bce.detach()}
 
     def evaluate(
         self, model: nn.Module, batches: Iterable[Batch], device: torch.device, autocast: Callable[[], Any]
@@ -117,7 +109,7 @@ class LandmarkCoordinateTask(_LandmarkTask):
         nx, ny = image.shape[2:4]
         return torch.tensor([nx, ny] * N_LANDMARKS, dtype=torch.float32, device=image.device)
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         image = batch["image"][self.view]
         scale = self._scale(image)
         pred = global_forward(model, {self.view: image}, self.config.model.reduce).float() * scale
@@ -126,9 +118,9 @@ class LandmarkCoordinateTask(_LandmarkTask):
         point_loss = wing_loss(pred, true)
         relative_loss = wing_loss(pred @ relative, true @ relative)
         return point_loss + relative_loss, {
-            "landmark_wing": point_loss.item(),
-            "relative_wing": relative_loss.item(),
-            "landmark_mae": (pred.detach() - true).abs().mean().item(),
+            "landmark_wing": point_loss.detach(),
+            "relative_wing": relative_loss.detach(),
+            "landmark_mae": (pred.detach() - true).abs().mean(),
         }
 
     def evaluate(

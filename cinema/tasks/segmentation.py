@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cinema.config import FinetuneConfig
 from cinema.metrics import ACDC_CLASSES, dice_per_class
+from cinema.models.inference import average_windows, to_device
 from cinema.preprocess.slices import neighbour_slices
-from cinema.tasks.base import Batch, Task, average_windows, soft_dice_loss, to_device
-from cinema.train.config import FinetuneConfig
+from cinema.tasks.base import Batch, Task, soft_dice_loss
 
 # Validation slices of a 2-D network are predicted this many at a time.
 _SLICE_CHUNK = 32
@@ -34,7 +35,7 @@ def class_names(n_classes: int) -> dict[int, str]:
 
 def segmentation_loss(
     logits: torch.Tensor, labels: torch.Tensor, batch_dice: bool = False
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Soft Dice (softmax, background excluded) + cross-entropy; ``labels`` (B, 1, *spatial) integers.
 
     ``batch_dice``: the Dice over the whole batch rather than per sample (`soft_dice_loss`).
@@ -44,7 +45,7 @@ def segmentation_loss(
     ce = F.cross_entropy(logits, target)
     one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
     dice = soft_dice_loss(torch.softmax(logits, dim=1)[:, 1:], one_hot[:, 1:], batch=batch_dice)
-    return dice + ce, {"dice_loss": dice.item(), "cross_entropy": ce.item()}
+    return dice + ce, {"dice_loss": dice.detach(), "cross_entropy": ce.detach()}
 
 
 class SegmentationTask(Task):
@@ -59,15 +60,16 @@ class SegmentationTask(Task):
         self.names = class_names(self.n_classes)
         self.metric_modes = {"mean_dice": "max", **{f"dice_{n}": "max" for n in self.names.values()}}
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model(batch["image"])
         losses, parts = [], {}
         for view in self.views:
             loss, view_parts = segmentation_loss(logits[view], batch["label"][view], self.config.train.batch_dice)
             losses.append(loss)
             for key, value in view_parts.items():
-                parts[key] = parts.get(key, 0.0) + value / len(self.views)
-        return torch.stack(losses).mean(), parts
+                parts.setdefault(key, []).append(value)
+        # one value per view: the log shows their mean
+        return torch.stack(losses).mean(), {key: torch.stack(values) for key, values in parts.items()}
 
     def predict_probs(self, model: nn.Module, images: dict[str, torch.Tensor], autocast: Callable[[], Any]) -> dict:
         """Softmax probabilities {view: (B, C, *spatial)} of whole (padded) studies."""

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from cinema.metrics import concordance_index, cox_partial_likelihood_loss
-from cinema.tasks.base import Batch, Task, to_device
-from cinema.tasks.classification import global_forward, windowed_outputs
+from cinema.models.inference import global_forward, to_device, windowed_outputs
+from cinema.tasks.base import Batch, Task
 
 
 class SurvivalTask(Task):
@@ -25,10 +25,10 @@ class SurvivalTask(Task):
     default_metric = "c_index"
     metric_modes = {"c_index": "max", "cox_loss": "min"}
 
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         risk = global_forward(model, batch["image"], self.config.model.reduce).float()[:, 0]
         loss = cox_partial_likelihood_loss(risk, batch["time"].float(), batch["event"].float())
-        return loss, {"cox_loss": loss.item()}
+        return loss, {"cox_loss": loss.detach()}
 
     def evaluate(
         self, model: nn.Module, batches: Iterable[Batch], device: torch.device, autocast: Callable[[], Any]

@@ -1,30 +1,14 @@
-"""Fine-tuning: one config format (`FinetuneConfig`, YAML + ``key=value`` overrides) and one trainer for every task.
+"""Training loops: fine-tuning (one trainer for every task) and CineMA MAE pre-training.
+
+    from cinema.config import load_config
+    from cinema.train.trainer import Trainer
 
     config = load_config("configs/acdc_segmentation_unet2d.yaml", ["train.n_epochs=10"])
     result = Trainer(config).fit()            # or: cinema finetune CONFIG [key=value ...]
 
-Modules: `config` (the format), `augment` (batched torch augmentation), `datasets` (studies -> samples), `optim`
-(layer-wise decay, schedule, early stopping), `trainer` (the loop), `runlog` (CSV / TensorBoard logs). The task
-definitions (losses, metrics) live in `cinema.tasks`, which uses `config` and `augment` only.
+Modules: `trainer` (the fine-tuning loop), `datasets` (studies -> samples), `optim` (layer-wise decay, schedule,
+early stopping), `pretrain` (the MAE loop, one process or many under torchrun), `pretrain_data` (shards, sampler),
+`runtime` (what both loops share: device, mixed precision, checkpoints, resume, RNG state), `runlog` (CSV /
+TensorBoard logs). The run formats are `cinema.config`; the task definitions (losses, metrics) are `cinema.tasks`,
+which knows nothing of this package.
 """
-
-__all__ = ["FinetuneConfig", "FitResult", "Trainer", "config_from_dict", "finetune", "load_config"]
-
-_EXPORTS = {
-    "FinetuneConfig": "cinema.train.config",
-    "config_from_dict": "cinema.train.config",
-    "load_config": "cinema.train.config",
-    "FitResult": "cinema.train.trainer",
-    "Trainer": "cinema.train.trainer",
-    "finetune": "cinema.train.trainer",
-}
-
-
-def __getattr__(name: str):
-    # Lazy, so that `cinema.tasks` can use `cinema.train.config` / `augment` without importing the trainer (which
-    # imports `cinema.tasks`): no import cycle whichever package is imported first.
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'cinema.train' has no attribute {name!r}")

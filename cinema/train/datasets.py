@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from cinema.config import FinetuneConfig
+from cinema.config.parse import resolve_path
 from cinema.io.datasets import parse_number
 from cinema.io.study import CineView, Study
+from cinema.preprocess.augment import crop_or_pad
 from cinema.preprocess.slices import neighbour_slices
-from cinema.train.augment import crop_or_pad
-from cinema.train.config import FinetuneConfig, resolve_path
 
 logger = logging.getLogger(__name__)
 

@@ -41,24 +41,30 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from cinema.config import PretrainConfig
+from cinema.config.parse import resolve_path, save_config
 from cinema.io.atomic import check_apart_from_inputs
+from cinema.models.inference import to_device
 from cinema.models.mae import CineMA
 from cinema.models.vit import patchify
-from cinema.train.config import resolve_path, save_config
 from cinema.train.datasets import derive_seed
 from cinema.train.optim import lr_at, param_groups
-from cinema.train.pretrain_config import PretrainConfig
 from cinema.train.pretrain_data import GlobalBatchSampler, PretrainDataset, open_source
 from cinema.train.runlog import CsvLog
-from cinema.train.state import rng_state, save_atomic, set_rng_state
-from cinema.train.trainer import resolve_device
+from cinema.train.runtime import (
+    CHECKPOINT,
+    MODEL_DIR,
+    autocast_context,
+    check_resumable,
+    load_checkpoint,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    to_host,
+)
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
-MODEL_DIR = "model"
-# May change between an interrupted run and its resume without changing the numbers.
-_RESUME_FREE_KEYS = {"progress_bar", "n_workers", "device", "max_steps", "checkpoint_every", "save_model_every"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -136,12 +142,6 @@ def _gradient_sync(model: nn.Module, strategy: str, sync: bool):
     yield
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # One optimiser step
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,14 +161,6 @@ def masked_loss(
     return (mse * present).sum(1) / present.sum(1).clamp(min=1.0), mse.detach() * present
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    out = dict(batch)
-    for key in ("image", "mask"):
-        out[key] = {v: t.to(device, non_blocking=True) for v, t in batch[key].items()}
-    out["present"] = batch["present"].to(device)
-    return out
-
-
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -185,16 +177,18 @@ def train_step(
 ) -> dict[str, float]:
     """Forward/backward over the micro-batches (gradients averaged over the global batch), clip, AdamW step.
 
-    Returns the global batch's mean loss, per-view MSE and the gradient norm before clipping.
+    Returns the global batch's mean loss, per-view MSE and the gradient norm before clipping, read from the device
+    in one copy (the step's one wait for the GPU).
     """
     n_accum = len(micro_batches)
+    autocast = autocast_context(info.device, precision)
     loss_sum = torch.zeros((), device=info.device, dtype=torch.float64)
     view_sum = torch.zeros(len(views), device=info.device, dtype=torch.float64)
     view_count = torch.zeros(len(views), device=info.device, dtype=torch.float64)
     n_samples = torch.zeros((), device=info.device, dtype=torch.float64)
     for j, batch in enumerate(micro_batches):
-        batch = _to_device(batch, info.device)
-        with _gradient_sync(model, strategy, sync=j == n_accum - 1), _autocast(info.device, precision):
+        batch = to_device(batch, info.device)
+        with _gradient_sync(model, strategy, sync=j == n_accum - 1), autocast():
             per_sample, per_view = masked_loss(model, batch, views, token_sizes)
             # mean over this micro-batch / n_accum, then DDP / FSDP average over ranks = mean over the global batch
             scaler.scale(per_sample.mean() / n_accum).backward()
@@ -213,14 +207,14 @@ def train_step(
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     totals = info.sum(torch.cat([loss_sum[None], n_samples[None], view_sum, view_count]))
-    loss = float(totals[0] / totals[1])
+    (loss,), (norm,), sums = to_host([totals[0] / totals[1], grad_norm, totals])
     if not math.isfinite(loss):
         raise FloatingPointError("non-finite pre-training loss; lower train.lr or check the data")
-    metrics = {"loss": loss, "grad_norm": float(grad_norm)}
+    metrics = {"loss": loss, "grad_norm": norm}
     k = len(views)
     for i, view in enumerate(views):
-        count = float(totals[2 + k + i])
-        metrics[f"loss_{view}"] = float(totals[2 + i]) / count if count else math.nan
+        count = sums[2 + k + i]
+        metrics[f"loss_{view}"] = sums[2 + i] / count if count else math.nan
     return metrics
 
 
@@ -275,20 +269,8 @@ def _load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, strateg
     optimizer.load_state_dict(state["optimizer"])
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        full = f"{prefix}.{key}" if prefix else key
-        flat.update(_flatten(value, full) if isinstance(value, dict) else {full: value})
-    return flat
-
-
 def _check_resumable(saved: dict[str, Any], config: PretrainConfig, strategy: str, path: Path) -> None:
-    old, new = _flatten(saved["config"]), _flatten(config.to_dict())
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    changed = [k for k in changed if k.split(".")[-1] not in _RESUME_FREE_KEYS]
-    if changed:
-        raise ValueError(f"cannot resume {path}: the config differs from the checkpoint's in {changed[:8]}")
+    check_resumable(saved["config"], config.to_dict(), path)
     if (saved["strategy"] == "fsdp") != (strategy == "fsdp"):
         raise ValueError(f"cannot resume {path}: written with {saved['strategy']}, this run uses {strategy}")
 
@@ -333,9 +315,46 @@ def pretrain(
             dist.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """What one pre-training run carries from step to step (made by `_setup`, advanced by `train_one_epoch`)."""
+
+    config: PretrainConfig
+    info: Dist
+    out: Path
+    model: nn.Module
+    strategy: str
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: GlobalBatchSampler
+    loader: DataLoader
+    views: list[str]
+    token_sizes: dict[str, tuple[int, ...]]
+    log: CsvLog | None = None  # the main rank's train_log.csv
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
 def _pretrain(
     config: PretrainConfig, resume: bool, on_step: Callable[[int, dict[str, float]], None] | None, info: Dist
 ) -> PretrainResult:
+    run = _setup(config, resume, info)
+    train = config.train
+    losses: list[float] = []
+    model_dir = None
+    max_steps = train.max_steps if train.max_steps is not None else math.inf
+    run.model.train()
+    while run.epoch < train.n_epochs and run.global_step < max_steps:
+        model_dir = train_one_epoch(run, losses, max_steps, on_step) or model_dir
+    if model_dir is None:  # stopped by max_steps, or resumed a finished run
+        model_dir = _save_model_snapshot(run)
+    return PretrainResult(run.out, run.global_step, run.epoch, losses, model_dir)
+
+
+def _setup(config: PretrainConfig, resume: bool, info: Dist) -> _Run:
+    """Every check, the data, the model (wrapped for DDP / FSDP), the optimiser and, with ``resume``, the state of
+    the last checkpoint; the main rank also prepares the output folder and its log."""
     cfg, train = config, config.train
     out = resolve_path(cfg.output_dir)
     checkpoint_path = out / CHECKPOINT
@@ -357,137 +376,152 @@ def _pretrain(
     loader = DataLoader(
         dataset, batch_sampler=sampler, num_workers=train.n_workers, pin_memory=info.device.type == "cuda"
     )
-    steps_per_epoch, n_accum = sampler.steps_per_epoch, sampler.accumulation
 
     model, strategy = wrap_model(model.to(info.device), cfg, info)
     optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=tuple(train.betas))
     scaler = torch.amp.GradScaler(info.device.type, enabled=train.precision == "fp16")
-    epoch, step_in_epoch, global_step = 0, 0, 0
+    run = _Run(cfg, info, out, model, strategy, optimizer, scaler, sampler, loader, views, token_sizes)
     if resume:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(checkpoint_path)
         _check_resumable(state, cfg, strategy, checkpoint_path)
         _load_full_state(model, optimizer, strategy, state)
         scaler.load_state_dict(state["scaler"])
-        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        run.epoch, run.step_in_epoch, run.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         if len(state["rng"]) == info.world_size:  # sample randomness is seeded; this covers anything else
             set_rng_state(state["rng"][info.rank])
-        logger.info("resumed %s at epoch %d, step %d", checkpoint_path, epoch + 1, global_step)
+        logger.info("resumed %s at epoch %d, step %d", checkpoint_path, run.epoch + 1, run.global_step)
 
-    log = None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         if not resume:
             (out / "train_log.csv").unlink(missing_ok=True)
-        log = CsvLog(out / "train_log.csv")
-        log.truncate_after(global_step)  # rows after the checkpoint belong to the interrupted attempt
+        run.log = CsvLog(out / "train_log.csv")
+        run.log.truncate_after(run.global_step)  # rows after the checkpoint belong to the interrupted attempt
         n_params = sum(p.numel() for p in model.parameters())
         logger.info(
             "%d studies, %d steps/epoch (global batch %d = %d ranks x %d x %d accumulation), %s, "
             "%d parameters, %s on %s",
             len(dataset),
-            steps_per_epoch,
+            sampler.steps_per_epoch,
             train.batch_size,
             info.world_size,
             micro,
-            n_accum,
+            sampler.accumulation,
             cfg.model.size,
             n_params,
             strategy,
             info.device,
         )
+    return run
 
-    def save_checkpoint() -> None:
-        model_state, optim_state = _full_state(model, optimizer, strategy)
-        rngs = [None] * info.world_size
-        if info.world_size > 1:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
-        if info.is_main:
-            save_atomic(
-                {
-                    "config": cfg.to_dict(),
-                    "strategy": strategy,
-                    "model": model_state,
-                    "optimizer": optim_state,
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "step_in_epoch": step_in_epoch,
-                    "global_step": global_step,
-                    "rng": rngs,
-                },
-                checkpoint_path,
-            )
-        info.barrier()
 
-    def save_model_snapshot() -> Path:
-        model_state, _ = _full_state(model, optimizer, strategy) if strategy == "fsdp" else (None, None)
-        if info.is_main:
-            raw = model.module if strategy == "ddp" else model
-            save_official(raw, model_state if model_state is not None else raw.state_dict(), cfg, out / MODEL_DIR)
-        info.barrier()
-        return out / MODEL_DIR
-
-    losses: list[float] = []
+def train_one_epoch(
+    run: _Run,
+    losses: list[float],
+    max_steps: float,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> Path | None:
+    """Optimiser steps from the run's position to the end of its epoch (or ``max_steps``), each loss appended to
+    ``losses``, with checkpoints and model snapshots when due; returns the snapshot's folder if one was written."""
+    train, info = run.config.train, run.info
+    steps_per_epoch, n_accum = run.sampler.steps_per_epoch, run.sampler.accumulation
+    run.sampler.set_epoch(run.epoch, run.step_in_epoch)
+    bar = tqdm(
+        total=steps_per_epoch,
+        initial=run.step_in_epoch,
+        desc=f"epoch {run.epoch + 1}/{train.n_epochs}",
+        disable=not (info.is_main and train.progress_bar) or None,
+        leave=False,
+    )
     model_dir = None
-    max_steps = train.max_steps if train.max_steps is not None else math.inf
-    model.train()
-    while epoch < train.n_epochs and global_step < max_steps:
-        sampler.set_epoch(epoch, step_in_epoch)
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=step_in_epoch,
-            desc=f"epoch {epoch + 1}/{train.n_epochs}",
-            disable=not (info.is_main and train.progress_bar) or None,
-            leave=False,
+    window: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for batch in run.loader:
+        window.append(batch)
+        if len(window) < n_accum:
+            continue
+        lr = lr_at(
+            run.epoch + run.step_in_epoch / steps_per_epoch,
+            train.lr,
+            train.min_lr,
+            train.n_warmup_epochs,
+            train.n_epochs,
         )
-        window: list[dict[str, Any]] = []
+        metrics = train_step(
+            run.model,
+            run.optimizer,
+            run.scaler,
+            window,
+            views=run.views,
+            token_sizes=run.token_sizes,
+            lr=lr,
+            clip_grad=train.clip_grad,
+            precision=train.precision,
+            strategy=run.strategy,
+            info=info,
+        )
+        window = []
+        run.step_in_epoch += 1
+        run.global_step += 1
+        elapsed = time.perf_counter() - started
+        metrics["samples_per_s"] = train.batch_size / elapsed if elapsed > 0 else math.nan
         started = time.perf_counter()
-        for batch in loader:
-            window.append(batch)
-            if len(window) < n_accum:
-                continue
-            lr = lr_at(
-                epoch + step_in_epoch / steps_per_epoch, train.lr, train.min_lr, train.n_warmup_epochs, train.n_epochs
-            )
-            metrics = train_step(
-                model,
-                optimizer,
-                scaler,
-                window,
-                views=views,
-                token_sizes=token_sizes,
-                lr=lr,
-                clip_grad=train.clip_grad,
-                precision=train.precision,
-                strategy=strategy,
-                info=info,
-            )
-            window = []
-            step_in_epoch += 1
-            global_step += 1
-            elapsed = time.perf_counter() - started
-            metrics["samples_per_s"] = train.batch_size / elapsed if elapsed > 0 else math.nan
-            started = time.perf_counter()
-            losses.append(metrics["loss"])
-            if log is not None:
-                log.write({"epoch": epoch + 1, "step": global_step, "lr": lr, **metrics})
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            end_of_epoch = step_in_epoch == steps_per_epoch
-            if end_of_epoch:
-                epoch, step_in_epoch = epoch + 1, 0
-            stop = global_step >= max_steps
-            if end_of_epoch or stop or global_step % train.checkpoint_every == 0:
-                save_checkpoint()
-            if end_of_epoch and (epoch % train.save_model_every == 0 or epoch == train.n_epochs):
-                model_dir = save_model_snapshot()
-            if on_step is not None:
-                on_step(global_step, metrics)
-            if stop:
-                break
-        bar.close()
-    if model_dir is None:  # stopped by max_steps, or resumed a finished run
-        model_dir = save_model_snapshot()
-    return PretrainResult(out, global_step, epoch, losses, model_dir)
+        losses.append(metrics["loss"])
+        if run.log is not None:
+            run.log.write({"epoch": run.epoch + 1, "step": run.global_step, "lr": lr, **metrics})
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        end_of_epoch = run.step_in_epoch == steps_per_epoch
+        if end_of_epoch:
+            run.epoch, run.step_in_epoch = run.epoch + 1, 0
+        stop = run.global_step >= max_steps
+        if end_of_epoch or stop or run.global_step % train.checkpoint_every == 0:
+            _save_checkpoint(run)
+        if end_of_epoch and (run.epoch % train.save_model_every == 0 or run.epoch == train.n_epochs):
+            model_dir = _save_model_snapshot(run)
+        if on_step is not None:
+            on_step(run.global_step, metrics)
+        if stop:
+            break
+    bar.close()
+    return model_dir
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Everything the next step depends on, every rank's RNG states included; a collective call."""
+    info = run.info
+    model_state, optim_state = _full_state(run.model, run.optimizer, run.strategy)
+    rngs = [None] * info.world_size
+    if info.world_size > 1:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    if info.is_main:
+        save_checkpoint(
+            {
+                "config": run.config.to_dict(),
+                "strategy": run.strategy,
+                "model": model_state,
+                "optimizer": optim_state,
+                "scaler": run.scaler.state_dict(),
+                "epoch": run.epoch,
+                "step_in_epoch": run.step_in_epoch,
+                "global_step": run.global_step,
+                "rng": rngs,
+            },
+            run.out / CHECKPOINT,
+        )
+    info.barrier()
+
+
+def _save_model_snapshot(run: _Run) -> Path:
+    """The model in the official format (``model/``); a collective call under FSDP."""
+    strategy = run.strategy
+    model_state, _ = _full_state(run.model, run.optimizer, strategy) if strategy == "fsdp" else (None, None)
+    if run.info.is_main:
+        raw = run.model.module if strategy == "ddp" else run.model
+        state = model_state if model_state is not None else raw.state_dict()
+        save_official(raw, state, run.config, run.out / MODEL_DIR)
+    run.info.barrier()
+    return run.out / MODEL_DIR

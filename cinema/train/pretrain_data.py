@@ -31,15 +31,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from cinema.config import PretrainConfig
+from cinema.config.parse import resolve_path
 from cinema.io.atomic import check_output
 from cinema.io.index import index_input_paths, read_index, read_index_entry
 from cinema.io.shards import ShardStore, write_shard_folder
 from cinema.io.study import Study
 from cinema.models.mae import random_token_mask
 from cinema.preprocess.intensity import to_uint8
-from cinema.train.config import resolve_path
 from cinema.train.datasets import config_to_model_space, derive_seed
-from cinema.train.pretrain_config import PretrainConfig
 
 logger = logging.getLogger(__name__)
 

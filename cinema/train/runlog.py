@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
+
+from cinema.io.atomic import write_text_atomic
 
 
 class CsvLog:
@@ -30,12 +32,11 @@ class CsvLog:
         with open(self.path, newline="") as f:
             rows = list(csv.DictReader(f))
         kept = [row for row in rows if int(float(row["step"])) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns or [])
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.columns or [])
+        writer.writeheader()
+        writer.writerows(kept)
+        write_text_atomic(self.path, text.getvalue())
 
     def write(self, row: dict[str, Any]) -> None:
         if self.columns is None:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,41 +40,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cinema.io.atomic import check_apart_from_inputs
+from cinema.config import FinetuneConfig
+from cinema.config.parse import resolve_path, save_config
+from cinema.io.atomic import check_apart_from_inputs, write_text_atomic
+from cinema.models.inference import to_device
 from cinema.tasks import make_task
-from cinema.tasks.base import autocast_context, to_device
-from cinema.train.config import FinetuneConfig, resolve_path, save_config
 from cinema.train.datasets import build_datasets, derive_seed
 from cinema.train.optim import EarlyStopping, lr_at, param_groups
 from cinema.train.runlog import CsvLog, TensorBoard
-from cinema.train.state import save_atomic
+from cinema.train.runtime import (
+    CHECKPOINT,
+    MODEL_DIR,
+    autocast_context,
+    check_resumable,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    to_host,
+)
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
-MODEL_DIR = "model"
-# Config keys that may change between an interrupted run and its resume without changing the numbers.
-_RESUME_FREE_KEYS = {"train.progress_bar", "train.tensorboard", "train.n_workers", "train.device"}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config key 'train.device' is {name!r} but CUDA is not available")
-    return device
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            flat.update(_flatten(value, full))
-        else:
-            flat[full] = value
-    return flat
 
 
 @dataclass
@@ -142,6 +127,7 @@ class Trainer:
         self.output_dir = resolve_path(config.output_dir)
         self.device = resolve_device(config.train.device)
         self.task = make_task(config)
+        self.precision = "bf16" if config.train.amp else "fp32"
         self.model: nn.Module | None = None
         self._ready = False
 
@@ -202,9 +188,7 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.output_dir / "config.yaml")
         splits = {"train": self.train_set.subject_ids, "val": self.val_set.subject_ids if self.val_set else []}
-        tmp = self.output_dir / ".splits.json.tmp"
-        tmp.write_text(json.dumps(splits, indent=1))
-        os.replace(tmp, self.output_dir / "splits.json")
+        write_text_atomic(self.output_dir / "splits.json", json.dumps(splits, indent=1))
         if not self.resume:  # logs of an earlier attempt that never reached a checkpoint
             for name in ("train_log.csv", "val_log.csv"):
                 (self.output_dir / name).unlink(missing_ok=True)
@@ -264,13 +248,8 @@ class Trainer:
         return model
 
     def _load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = _flatten(state["config"])
-        current = _flatten(self.config.to_dict())
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        changed = [k for k in changed if k not in _RESUME_FREE_KEYS]
-        if changed:
-            raise ValueError(f"cannot resume {path}: the config differs from the checkpoint's in {changed[:8]}")
+        state = load_checkpoint(path)
+        check_resumable(state["config"], self.config.to_dict(), path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.early_stopping.load_state_dict(state["early_stopping"])
@@ -289,7 +268,7 @@ class Trainer:
             "epoch": next_epoch,
             "global_step": self.global_step,
         }
-        save_atomic(state, self.output_dir / CHECKPOINT)
+        save_checkpoint(state, self.output_dir / CHECKPOINT)
 
     def _save_model(self) -> None:
         from cinema.models.checkpoint import save_model
@@ -317,122 +296,158 @@ class Trainer:
             self.setup()
         cfg = self.config
         self._prepare_output()
-        autocast = autocast_context(self.device, cfg.train.amp)
+        autocast = autocast_context(self.device, self.precision)
         train_loader = self._loader(self.train_set, train=True)
         val_loader = self._loader(self.val_set, train=False) if self.val_set else None
-        tensorboard = TensorBoard(self.output_dir / "tensorboard", cfg.train.tensorboard)
+        self.tensorboard = TensorBoard(self.output_dir / "tensorboard", cfg.train.tensorboard)
         result = FitResult(self.output_dir, self.start_epoch, self.global_step, False, None, -1, self.metric)
         last_epoch = cfg.train.n_epochs
         if max_epochs is not None:
             last_epoch = min(last_epoch, self.start_epoch + max_epochs)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        saved_model = (self.output_dir / MODEL_DIR).exists()
+        self._saved_model = (self.output_dir / MODEL_DIR).exists()
         if self.stopped:  # resuming a run that early stopping ended: nothing left to do
             last_epoch = self.start_epoch
             result.stopped_early = True
         for epoch in range(self.start_epoch, last_epoch):
             started = time.perf_counter()
-            torch.manual_seed(derive_seed(cfg.seed, epoch, 0))
-            train_loader.sampler.set_epoch(epoch)
-            generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, 1))
-            self.model.train()
-            self.optimizer.zero_grad(set_to_none=True)
-            window_losses: list[float] = []
-            window_parts: dict[str, float] = {}
-            n_micro = self.steps_per_epoch * self.n_accum
-            bar = tqdm(
-                total=self.steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{cfg.train.n_epochs}",
-                disable=None if cfg.train.progress_bar else True,
-                leave=False,
-            )
-            for i, batch in enumerate(train_loader):
-                if i >= n_micro:
-                    break
-                batch = self.task.augment(to_device(batch, self.device), generator)
-                with autocast():
-                    loss, parts = self.task.loss(self.model, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite training loss at epoch {epoch + 1}, step {self.global_step + 1} "
-                        f"(samples {batch['id']}); lower train.lr or check the data"
-                    )
-                (loss / self.n_accum).backward()
-                window_losses.append(loss.item())
-                for key, value in parts.items():
-                    window_parts[key] = window_parts.get(key, 0.0) + value / self.n_accum
-                if (i + 1) % self.n_accum:
-                    continue
-                step_in_epoch = (i + 1) // self.n_accum - 1
-                lr = lr_at(
-                    epoch + step_in_epoch / self.steps_per_epoch,
-                    cfg.train.lr,
-                    cfg.train.min_lr,
-                    cfg.train.n_warmup_epochs,
-                    cfg.train.n_epochs,
-                )
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-                clip = cfg.train.clip_grad if cfg.train.clip_grad > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.global_step += 1
-                step_loss = float(np.mean(window_losses))
-                row = {"epoch": epoch + 1, "step": self.global_step, "lr": lr, "loss": step_loss}
-                row.update({"grad_norm": grad_norm, **window_parts})
-                self.train_log.write(row)
-                tensorboard.scalars("train", row, self.global_step)
-                result.train_losses.append(step_loss)
-                window_losses, window_parts = [], {}
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-            bar.close()
-            result.epochs_completed = epoch + 1
-            result.global_step = self.global_step
-
-            # not at a max_epochs split point: an extra evaluation would change early stopping, hence the run
-            due = (epoch + 1) % cfg.train.eval_interval == 0 or epoch + 1 == cfg.train.n_epochs
-            evaluate = val_loader is not None and due
-            if evaluate:
-                metrics = self.validate(val_loader, autocast)
-                self.val_log.write({"epoch": epoch + 1, "step": self.global_step, **metrics})
-                tensorboard.scalars("val", metrics, self.global_step)
-                result.val_metrics.append(metrics)
-                self.early_stopping.update(metrics[self.metric], epoch + 1)
-                if self.early_stopping.improved or not saved_model:
-                    self._save_model()
-                    saved_model = True
-                logger.info(
-                    "epoch %d: %s = %.4f (best %.4f at epoch %d) in %.1f s",
-                    epoch + 1,
-                    self.metric,
-                    metrics[self.metric],
-                    self.early_stopping.best if self.early_stopping.best is not None else math.nan,
-                    self.early_stopping.best_epoch,
-                    time.perf_counter() - started,
-                )
-            stop = evaluate and self.early_stopping.should_stop
-            interval = cfg.train.checkpoint_interval
-            if evaluate or epoch + 1 == last_epoch or (interval is not None and (epoch + 1) % interval == 0):
-                self._save_checkpoint(epoch + 1, stopped=stop)
-            if stop:
-                message = "early stopping after epoch %d: no %s improvement in %d evaluations"
-                logger.info(message, epoch + 1, self.metric, self.early_stopping.patience)
+            result.train_losses += self.train_one_epoch(epoch, train_loader, autocast)
+            result.epochs_completed, result.global_step = epoch + 1, self.global_step
+            if self._end_epoch(epoch, last_epoch, val_loader, autocast, result, started):
                 result.stopped_early = self.stopped = True
                 break
         if val_loader is None and result.epochs_completed == cfg.train.n_epochs:
             self._save_model()  # without validation the selected model is the last one
-        tensorboard.close()
+        self.tensorboard.close()
         self.start_epoch = result.epochs_completed
         result.best_metric = self.early_stopping.best
         result.best_epoch = self.early_stopping.best_epoch
         return result
 
+    def train_one_epoch(self, epoch: int, loader: DataLoader, autocast: Callable[[], Any]) -> list[float]:
+        """One epoch of optimiser steps (gradient accumulation over micro-batches); returns each step's loss.
+
+        Every random stream is re-seeded from (seed, epoch) first, so the epoch is the same whether or not the run
+        was interrupted and resumed before it.
+        """
+        cfg = self.config
+        torch.manual_seed(derive_seed(cfg.seed, epoch, 0))
+        loader.sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, 1))
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        n_micro = self.steps_per_epoch * self.n_accum
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.train.n_epochs}",
+            disable=None if cfg.train.progress_bar else True,
+            leave=False,
+        )
+        losses: list[float] = []
+        window: list[tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]] = []  # (loss, parts, ids)
+        for i, batch in enumerate(loader):
+            if i >= n_micro:
+                break
+            batch = self.task.augment(to_device(batch, self.device), generator)
+            with autocast():
+                loss, parts = self.task.loss(self.model, batch)
+            (loss / self.n_accum).backward()
+            window.append((loss.detach(), parts, batch["id"]))
+            if (i + 1) % self.n_accum:
+                continue
+            row = self._optimizer_step(epoch, (i + 1) // self.n_accum - 1, window)
+            losses.append(row["loss"])
+            window = []
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+        bar.close()
+        return losses
+
+    def _optimizer_step(
+        self, epoch: int, step_in_epoch: int, window: list[tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]]
+    ) -> dict[str, Any]:
+        """Learning rate, clipping and the AdamW step after one accumulation window, then its log row.
+
+        The window's losses, loss parts and the gradient norm are read from the device in one copy, the step's
+        only wait for the GPU; a non-finite loss stops the run before the weights change.
+        """
+        train = self.config.train
+        lr = lr_at(
+            epoch + step_in_epoch / self.steps_per_epoch, train.lr, train.min_lr, train.n_warmup_epochs, train.n_epochs
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        clip = train.clip_grad if train.clip_grad > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, clip)
+        parts = [(key, value) for _, step_parts, _ in window for key, value in step_parts.items()]
+        host = to_host([loss for loss, _, _ in window] + [value for _, value in parts] + [grad_norm])
+        window_losses = [values[0] for values in host[: len(window)]]
+        for loss, (_, _, ids) in zip(window_losses, window, strict=True):
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss at epoch {epoch + 1}, step {self.global_step + 1} "
+                    f"(samples {ids}); lower train.lr or check the data"
+                )
+        window_parts: dict[str, float] = {}
+        for (key, _), values in zip(parts, host[len(window) : -1], strict=True):
+            mean = 0.0  # of a part's per-view values
+            for value in values:
+                mean += value / len(values)
+            window_parts[key] = window_parts.get(key, 0.0) + mean / self.n_accum
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        row = {"epoch": epoch + 1, "step": self.global_step, "lr": lr, "loss": float(np.mean(window_losses))}
+        row.update({"grad_norm": host[-1][0], **window_parts})
+        self.train_log.write(row)
+        self.tensorboard.scalars("train", row, self.global_step)
+        return row
+
+    def _end_epoch(
+        self,
+        epoch: int,
+        last_epoch: int,
+        val_loader: DataLoader | None,
+        autocast: Callable[[], Any],
+        result: FitResult,
+        started: float,
+    ) -> bool:
+        """Validation when due (model selection, early stopping) and the checkpoint; True when the run should stop."""
+        train = self.config.train
+        # not at a max_epochs split point: an extra evaluation would change early stopping, hence the run
+        due = (epoch + 1) % train.eval_interval == 0 or epoch + 1 == train.n_epochs
+        evaluate = val_loader is not None and due
+        if evaluate:
+            metrics = self.validate(val_loader, autocast)
+            self.val_log.write({"epoch": epoch + 1, "step": self.global_step, **metrics})
+            self.tensorboard.scalars("val", metrics, self.global_step)
+            result.val_metrics.append(metrics)
+            self.early_stopping.update(metrics[self.metric], epoch + 1)
+            if self.early_stopping.improved or not self._saved_model:
+                self._save_model()
+                self._saved_model = True
+            logger.info(
+                "epoch %d: %s = %.4f (best %.4f at epoch %d) in %.1f s",
+                epoch + 1,
+                self.metric,
+                metrics[self.metric],
+                self.early_stopping.best if self.early_stopping.best is not None else math.nan,
+                self.early_stopping.best_epoch,
+                time.perf_counter() - started,
+            )
+        stop = evaluate and self.early_stopping.should_stop
+        interval = train.checkpoint_interval
+        if evaluate or epoch + 1 == last_epoch or (interval is not None and (epoch + 1) % interval == 0):
+            self._save_checkpoint(epoch + 1, stopped=stop)
+        if stop:
+            message = "early stopping after epoch %d: no %s improvement in %d evaluations"
+            logger.info(message, epoch + 1, self.metric, self.early_stopping.patience)
+        return stop
+
     @torch.no_grad()
     def validate(self, loader: DataLoader, autocast: Any = None) -> dict[str, float]:
         """Validation metrics of the current model (eval mode; restores train mode afterwards)."""
-        autocast = autocast or autocast_context(self.device, self.config.train.amp)
+        autocast = autocast or autocast_context(self.device, self.precision)
         was_training = self.model.training
         self.model.eval()
         try:
