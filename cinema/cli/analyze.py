@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from cinema.cli.options import add_force_option, add_study_option
+
 HELP = "analyse an exam: segment every SAX frame, measure volumes, EF and LV mass, check quality, write a report"
 
 
@@ -36,16 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ed", type=int, default=None, help="end-diastolic frame, 0-based (default: max LV volume)")
     parser.add_argument("--es", type=int, default=None, help="end-systolic frame, 0-based (default: min LV volume)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
-    parser.add_argument(
-        "--study",
-        dest="study_id",
-        default=None,
-        metavar="ID",
-        help="the study to analyse when a DICOM folder holds several (its pseudonym as listed in the error)",
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="replace OUT if it is an earlier cinema output (never anything else)"
-    )
+    add_study_option(parser, "analyse")
+    add_force_option(parser, "OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

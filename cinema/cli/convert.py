@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cinema.cli.options import add_force_option, add_study_option
+
 HELP = "convert a DICOM cine exam to NIfTI cines + study.json"
 
 
@@ -23,16 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep patient-identifying DICOM fields (name, ID, dates, institution...) in study.json",
     )
-    parser.add_argument(
-        "--study",
-        dest="study_id",
-        default=None,
-        metavar="ID",
-        help="the study to convert when DICOM_DIR holds several (its pseudonym as listed in the error)",
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="replace OUT_DIR if it is an earlier cinema output (never anything else)"
-    )
+    add_study_option(parser, "convert")
+    add_force_option(parser, "OUT_DIR")
 
 
 def run(args: argparse.Namespace) -> int:

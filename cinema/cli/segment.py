@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from cinema.cli.options import add_study_option
+
 HELP = "segment the short-axis cine of an exam (RV, MYO, LV) with the shipped model or given weights"
 
 
@@ -38,13 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also predict the three other in-plane quarter turns and average (4x the time; no better on ACDC)",
     )
-    parser.add_argument(
-        "--study",
-        dest="study_id",
-        default=None,
-        metavar="ID",
-        help="the study to segment when a DICOM folder holds several (its pseudonym as listed in the error)",
-    )
+    add_study_option(parser, "segment")
     parser.add_argument(
         "--force", action="store_true", help="overwrite OUTPUT if it is a label map cinema wrote (never anything else)"
     )
