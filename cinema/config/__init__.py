@@ -5,7 +5,9 @@ anything runs (unknown keys with a did-you-mean hint, missing keys, wrong types,
     config = load_pretrain_config("configs/pretrain_tiny.yaml")                            # pre-training
 
 Modules: `schema` (every key and its default), `parse` (the generic YAML / override parser), `checks` (the
-cross-field checks). The trainers in `cinema.train` and the task definitions in `cinema.tasks` read these configs.
+cross-field checks), `official` (the official model ``config.yaml`` of each model family as a typed dataclass, which
+`FinetuneConfig.model_config` writes and `cinema.models` reads). The trainers in `cinema.train` and the task
+definitions in `cinema.tasks` read these configs.
 """
 
 from __future__ import annotations

@@ -19,8 +19,6 @@ from typing import Any
 
 import yaml
 
-from cinema.io.atomic import write_text_atomic
-
 _MISSING = object()
 
 
@@ -177,6 +175,8 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically (`cinema.io.atomic.write_text_atomic`)."""
+    from cinema.io.atomic import write_text_atomic  # here: cinema.io is heavy, and cinema.models imports this package
+
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 

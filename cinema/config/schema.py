@@ -19,6 +19,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from cinema.config.official import (
+    VIEWS,
+    VIT_SIZES,  # noqa: F401  (checks.py reads it from here)
+    ConvUNetRModelConfig,
+    ConvViTModelConfig,
+    ModelConfigType,
+    ResNetModelConfig,
+    UNetModelConfig,
+)
 from cinema.config.parse import required
 
 TASKS = (
@@ -38,10 +47,8 @@ TASK_MODELS = {
     "landmark_coordinate": ("convvit", "resnet"),
     "survival": ("convvit", "resnet"),
 }
-VIEWS = ("sax", "lax_2c", "lax_3c", "lax_4c")
 DATA_FORMATS = ("acdc", "mnms", "manifest")
 INITS = ("scratch", "pretrained", "finetuned")
-VIT_SIZES = ("tiny", "base", "large", "huge")
 N_LANDMARKS = 3
 PRECISIONS = ("bf16", "fp16", "fp32")
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -300,40 +307,46 @@ class FinetuneConfig:
 
     def model_config(self) -> dict[str, Any]:
         """The official-format ``config.yaml`` dict of the network (what `build_model` / `save_model` use)."""
-        data: dict[str, Any] = {}
-        for view in self.views:
-            key = "sax" if view == "sax" else "lax"
-            data[key] = {
-                "spacing": list(self.spacing(view)),
-                "patch_size": list(self.patch_size(view)),
-                "in_chans": self.network_in_chans(view),
-            }
-            if key == "sax" and self.data.context_slices:
-                data[key]["context_slices"] = self.data.context_slices
+        return self.official_model_config().to_dict()
+
+    def official_model_config(self) -> ModelConfigType:
+        """The network as its typed official config (`cinema.config.official`): geometry, outputs, class list."""
+        name, views = self.model.name, self.views
+        common: dict[str, Any] = {"out_chans": self.out_chans, "grad_ckpt": self.model.grad_ckpt, "task": self.task}
+        head: dict[str, Any] = {}
         if self.task == "classification":
-            data["class_column"] = self.data.class_column
-            data[self.data.class_column] = list(self.data.classes)
+            head = {"class_column": self.data.class_column, "classes": list(self.data.classes)}
         elif self.task == "regression":
-            column = self.data.regression_column
-            data["regression_column"] = column
+            head = {"regression_column": self.data.regression_column}
             if self.data.regression_mean is not None and self.data.regression_std is not None:
-                data[column] = {"mean": self.data.regression_mean, "std": self.data.regression_std}
-        model: dict[str, Any] = {
-            "name": self.model.name,
-            "views": self.views[0] if len(self.views) == 1 else list(self.views),
-            "out_chans": self.out_chans,
+                head.update(regression_mean=self.data.regression_mean, regression_std=self.data.regression_std)
+        if name in ("convunetr", "convvit"):
+            geometry = {
+                "image_size": {v: list(self.patch_size(v)) for v in views},
+                "in_chans": {v: self.network_in_chans(v) for v in views},
+                "spacing": {v: list(self.spacing(v)) for v in views},
+            }
+            section = dataclasses.asdict(getattr(self.model, name))
+            if name == "convunetr":
+                return ConvUNetRModelConfig(**geometry, **common, **section)
+            return ConvViTModelConfig(**geometry, **common, **section, **head, n_frames=self.n_frames)
+        (view,) = views
+        key = "sax" if view == "sax" else "lax"
+        geometry = {
+            "view": view,
+            "data_key": key,
+            "spacing": list(self.spacing(view)),
+            "image_size": list(self.patch_size(view)),
+            "in_chans": self.network_in_chans(view),
         }
-        if self.model.name in ("convvit", "resnet"):
-            model["n_frames"] = self.n_frames
-        sub = getattr(self.model, self.model.name)
-        model[self.model.name] = dataclasses.asdict(sub)
-        if self.model.name == "unet":
-            # The 2-D U-Net of SAX slices keeps the in-plane factors only.
-            dims = self.spatial_dims(self.views[0])
-            model["unet"]["n_dims"] = dims
-            model["unet"]["patch_size"] = model["unet"]["patch_size"][:dims]
-            model["unet"]["scale_factor"] = model["unet"]["scale_factor"][:dims]
-        return {"task": self.task, "grad_ckpt": self.model.grad_ckpt, "data": data, "model": model}
+        if name == "unet":
+            dims = self.spatial_dims(view)  # the 2-D U-Net of SAX slices keeps the in-plane factors only
+            unet = dataclasses.asdict(self.model.unet)
+            unet.update(patch_size=unet["patch_size"][:dims], scale_factor=unet["scale_factor"][:dims], n_dims=dims)
+            context = self.data.context_slices if key == "sax" and self.data.context_slices else None
+            return UNetModelConfig(**geometry, **common, **unet, context_slices=context)
+        resnet = dataclasses.asdict(self.model.resnet)
+        return ResNetModelConfig(**geometry, **common, **resnet, **head, n_frames=self.n_frames)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

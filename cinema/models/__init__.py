@@ -5,7 +5,8 @@
 - :class:`ConvViT` (``convvit.py``): classification, regression, landmark coordinates.
 - ``unet.py`` / ``resnet.py``: the CNN baselines.
 - :func:`load_model` / :func:`save_model` / :func:`build_model` / :func:`load_pretrained_encoder` (``checkpoint.py``):
-  the official config.yaml + safetensors format, offline.
+  the official config.yaml + safetensors format, offline. Each family's config.yaml is a typed dataclass in
+  :mod:`cinema.config.official` (``from_dict`` / ``to_dict`` / ``model_kwargs``); every class has ``from_config``.
 - ``inference.py``: sliding windows, pooled-head forward, soft arg-max, batches to the device (validation,
   evaluation and analysis all run models through it).
 

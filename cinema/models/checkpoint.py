@@ -1,6 +1,6 @@
 """Reading and writing models in the official CineMA checkpoint format (config.yaml + safetensors), offline.
 
-Which model a config.yaml describes (the rules of the released files):
+Which model a config.yaml describes (the rules of the released files, `cinema.config.official.model_kind`):
 
 ===================================================  =========================================================
 config                                               model
@@ -15,11 +15,10 @@ no ``task`` and no ``model.name``                    pre-training :class:`~cinem
 ``model.name: mae``                                  CineMA with the views in ``model.views``
 ===================================================  =========================================================
 
-Required fields: the transformer ``size`` and ``data.<sax|lax>.patch_size`` of the views used (plus ``model.views`` and
-the output size for fine-tuned models). Everything else defaults to the released configuration (in_chans 1, patch
-size [4,4,1], scale factor [2,2,1], conv channels [64,128] × 2 blocks, decoder [32..512] with [2,2,1] factors).
-Unknown fields are ignored and kept: ``model.config`` holds the full dict, so class lists and regression
-mean/std survive a save/load round trip.
+Each family's fields, defaults and checks are its typed config in `cinema.config.official` (``from_dict`` /
+``to_dict`` / ``model_kwargs``); this module only reads the file, picks the family and builds its class. Unknown
+fields are ignored and kept: ``model.config`` holds the full dict, so class lists and regression mean/std survive a
+save/load round trip.
 """
 
 from __future__ import annotations
@@ -35,176 +34,34 @@ import torch
 import yaml
 from torch import nn
 
-from cinema.models.conv_stem import VIEWS, view_n_dims
+from cinema.config.official import model_config_from_dict, model_kind
+from cinema.models.convunetr import ConvUNetR
+from cinema.models.convvit import ConvViT
+from cinema.models.mae import CineMA
+from cinema.models.resnet import ResNet
+from cinema.models.unet import UNet
 
 __all__ = [
     "build_model",
     "load_model",
     "load_pretrained_encoder",
     "load_state_dict_file",
-    "merge_config",
     "model_kind",
-    "parse_convunetr_config",
-    "parse_convvit_config",
-    "parse_mae_config",
     "read_config",
     "save_model",
 ]
 
-_REQUIRED = object()
-_TASK_KINDS = {
-    "segmentation": "convunetr",
-    "landmark_heatmap": "convunetr",
-    "classification": "convvit",
-    "regression": "convvit",
-    "landmark_coordinate": "convvit",
+# model_kind -> the class its typed config (cinema.config.official.MODEL_CONFIGS) builds
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "mae": CineMA,
+    "convunetr": ConvUNetR,
+    "convvit": ConvViT,
+    "unet": UNet,
+    "resnet": ResNet,
 }
-_MODEL_NAMES = ("mae", "convunetr", "convvit", "unet", "resnet")
 
 
 # ----------------------------------------------------------------------------------------------------------- config
-
-
-def _field(config: Mapping[str, Any], dotted: str, default: Any = _REQUIRED) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node or node[part] is None:
-            if default is _REQUIRED:
-                raise ValueError(f"config is missing required field {dotted!r}")
-            return default
-        node = node[part]
-    return node
-
-
-def _int_list(value: Any, name: str) -> list[int]:
-    try:
-        out = [int(v) for v in value]
-    except (TypeError, ValueError):
-        raise ValueError(f"config field {name!r} must be a list of integers, got {value!r}") from None
-    if not out or any(v <= 0 for v in out):
-        raise ValueError(f"config field {name!r} must be a non-empty list of positive integers, got {value!r}")
-    return out
-
-
-def _views(config: Mapping[str, Any]) -> list[str]:
-    views = _field(config, "model.views")
-    views = [views] if isinstance(views, str) else list(views)
-    if not views:
-        raise ValueError("config field 'model.views' is empty")
-    for view in views:
-        if view not in VIEWS:
-            raise ValueError(f"config field 'model.views' has unknown view {view!r}; expected some of {list(VIEWS)}")
-    return views
-
-
-def _view_data(config: Mapping[str, Any], views: list[str]) -> tuple[dict[str, list[int]], dict[str, int]]:
-    """Image size and input channels per view from data.sax / data.lax (LAX falls back to data.<view>)."""
-    image_size, in_chans = {}, {}
-    for view in views:
-        key = "sax" if view == "sax" else "lax"
-        if view != "sax" and not isinstance(_field(config, "data.lax", None), Mapping):
-            key = view if isinstance(_field(config, f"data.{view}", None), Mapping) else "lax"
-        size = _int_list(_field(config, f"data.{key}.patch_size"), f"data.{key}.patch_size")
-        if len(size) != view_n_dims(view):
-            raise ValueError(f"config field 'data.{key}.patch_size' must have {view_n_dims(view)} values for {view}")
-        image_size[view] = size
-        in_chans[view] = int(_field(config, f"data.{key}.in_chans", 1))
-    return image_size, in_chans
-
-
-def _encoder_kwargs(config: Mapping[str, Any], section: str) -> dict[str, Any]:
-    return {
-        "size": str(_field(config, f"{section}.size")),
-        "enc_patch_size": _int_list(_field(config, f"{section}.enc_patch_size", [4, 4, 1]), "enc_patch_size"),
-        "enc_scale_factor": _int_list(_field(config, f"{section}.enc_scale_factor", [2, 2, 1]), "enc_scale_factor"),
-        "enc_conv_chans": [int(c) for c in _field(config, f"{section}.enc_conv_chans", [64, 128])],
-        "enc_conv_n_blocks": int(_field(config, f"{section}.enc_conv_n_blocks", 2)),
-        "drop_path": float(_field(config, f"{section}.drop_path", 0.0)),
-        "grad_ckpt": bool(_field(config, "grad_ckpt", False)),
-    }
-
-
-def parse_mae_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :class:`~cinema.models.mae.CineMA` from a pre-training config."""
-    # The official loader always builds the four views, whatever model.views says; "name: mae" opts into model.views.
-    views = _views(config) if _field(config, "model.name", None) == "mae" else list(VIEWS)
-    image_size, in_chans = _view_data(config, views)
-    return {
-        "image_size": image_size,
-        "in_chans": in_chans,
-        "size": str(_field(config, "model.size")),
-        "patch_size": _int_list(_field(config, "model.patch_size", [4, 4, 1]), "model.patch_size"),
-        "scale_factor": _int_list(_field(config, "model.scale_factor", [2, 2, 1]), "model.scale_factor"),
-        "conv_chans": [int(c) for c in _field(config, "model.enc_conv_chans", [64, 128])],
-        "conv_n_blocks": int(_field(config, "model.enc_conv_n_blocks", 2)),
-        "grad_ckpt": bool(_field(config, "grad_ckpt", False)),
-    }
-
-
-def parse_convunetr_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :class:`~cinema.models.convunetr.ConvUNetR` from a segmentation config."""
-    image_size, in_chans = _view_data(config, _views(config))
-    section = "model.convunetr"
-    return {
-        "image_size": image_size,
-        "in_chans": in_chans,
-        "out_chans": int(_field(config, "model.out_chans")),
-        **_encoder_kwargs(config, section),
-        "dec_chans": _int_list(_field(config, f"{section}.dec_chans", [32, 64, 128, 256, 512]), "dec_chans"),
-        "dec_patch_size": _int_list(_field(config, f"{section}.dec_patch_size", [2, 2, 1]), "dec_patch_size"),
-        "dec_scale_factor": _int_list(_field(config, f"{section}.dec_scale_factor", [2, 2, 1]), "dec_scale_factor"),
-        "dropout": float(_field(config, f"{section}.dropout", 0.0)),
-    }
-
-
-def parse_convvit_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :class:`~cinema.models.convvit.ConvViT` from a classification/regression config."""
-    image_size, in_chans = _view_data(config, _views(config))
-    class_column = _field(config, "data.class_column", None)
-    if class_column is not None:
-        classes = _field(config, f"data.{class_column}")
-        if isinstance(classes, str | bytes) or not hasattr(classes, "__len__") or len(classes) == 0:
-            raise ValueError(f"config field 'data.{class_column}' must be the non-empty list of class names")
-        out_chans = len(classes)
-    elif _field(config, "data.regression_column", None) is not None:
-        out_chans = 1
-    else:
-        out_chans = int(_field(config, "model.out_chans"))
-    return {
-        "image_size": image_size,
-        "in_chans": in_chans,
-        "out_chans": out_chans,
-        "n_frames": int(_field(config, "model.n_frames", 1)),
-        **_encoder_kwargs(config, "model.convvit"),
-    }
-
-
-def merge_config(original: Mapping[str, Any], resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """``original`` with ``resolved`` written over it, recursively; fields only in ``original`` are kept."""
-    out = copy.deepcopy(dict(original))
-    for key, value in resolved.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_config(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def model_kind(config: Mapping[str, Any]) -> str:
-    """ "mae", "convunetr", "convvit", "unet" or "resnet" (see the module table)."""
-    if not isinstance(_field(config, "model"), Mapping):
-        raise ValueError("config field 'model' must be a mapping")
-    name = _field(config, "model.name", None)
-    if name is not None:
-        if name not in _MODEL_NAMES:
-            raise ValueError(f"config field 'model.name' is {name!r}; expected one of {list(_MODEL_NAMES)}")
-        return str(name)
-    task = config.get("task")
-    if task is None:
-        return "mae"
-    if task not in _TASK_KINDS:
-        raise ValueError(f"cannot tell the model from task {task!r} without 'model.name'")
-    return _TASK_KINDS[task]
 
 
 def read_config(config: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], Path | None]:
@@ -240,26 +97,8 @@ def build_model(config: str | Path | Mapping[str, Any]) -> nn.Module:
 
 
 def _build(cfg: Mapping[str, Any]) -> nn.Module:
-    kind = model_kind(cfg)
-    if kind == "mae":
-        from cinema.models.mae import CineMA
-
-        return CineMA.from_config(cfg)
-    if kind == "convunetr":
-        from cinema.models.convunetr import ConvUNetR
-
-        return ConvUNetR.from_config(cfg)
-    if kind == "convvit":
-        from cinema.models.convvit import ConvViT
-
-        return ConvViT.from_config(cfg)
-    if kind == "unet":
-        from cinema.models.unet import UNet
-
-        return UNet.from_config(cfg)
-    from cinema.models.resnet import ResNet
-
-    return ResNet.from_config(cfg)
+    spec = model_config_from_dict(cfg)
+    return MODEL_CLASSES[spec.KIND].from_config(spec)
 
 
 # ---------------------------------------------------------------------------------------------------------- weights

@@ -23,7 +23,6 @@ __all__ = [
     "DownsampleEncoder",
     "MultiScaleFusion",
     "check_images",
-    "data_config",
     "upsample_mask",
     "view_n_dims",
 ]
@@ -36,19 +35,6 @@ def view_n_dims(view: str) -> int:
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; expected one of {list(VIEWS)}")
     return 3 if view == "sax" else 2
-
-
-def data_config(image_size: Mapping[str, Sequence[int]], in_chans: Mapping[str, int]) -> dict[str, dict]:
-    """The ``data`` section of an official config: ``sax`` and one shared ``lax`` entry (per-view when they differ)."""
-    data: dict[str, dict] = {}
-    if "sax" in image_size:
-        data["sax"] = {"patch_size": list(image_size["sax"]), "in_chans": int(in_chans["sax"])}
-    lax = {v: {"patch_size": list(image_size[v]), "in_chans": int(in_chans[v])} for v in image_size if v != "sax"}
-    if lax and all(entry == next(iter(lax.values())) for entry in lax.values()):
-        data["lax"] = next(iter(lax.values()))
-    else:
-        data.update(lax)
-    return data
 
 
 def upsample_mask(mask: torch.Tensor, factor: Sequence[int]) -> torch.Tensor:

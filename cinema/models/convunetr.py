@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cinema.config.official import ConvUNetRModelConfig
 from cinema.models.conv import ConvResBlock, conv_cls, conv_transpose_cls, set_grad_ckpt
-from cinema.models.conv_stem import DownsampleEncoder, check_images, data_config, view_n_dims
+from cinema.models.conv_stem import DownsampleEncoder, check_images, view_n_dims
 from cinema.models.vit import ViTEncoder, init_weights, vit_size
 
 __all__ = ["ConvUNetR", "UpsampleDecoder", "decoder_levels"]
@@ -190,30 +191,23 @@ class ConvUNetR(nn.Module):
         self.apply(init_weights)
         set_grad_ckpt(self, grad_ckpt)
 
-        data = data_config(image_size, chans)
         #: official-format config (what :func:`cinema.models.checkpoint.save_model` writes as config.yaml)
-        self.config: dict[str, Any] = {
-            "grad_ckpt": bool(grad_ckpt),
-            "task": "segmentation",
-            "data": data,
-            "model": {
-                "name": "convunetr",
-                "views": self.views[0] if len(self.views) == 1 else list(self.views),
-                "out_chans": out_chans,
-                "convunetr": {
-                    "size": size,
-                    "enc_patch_size": list(enc_patch_size),
-                    "enc_scale_factor": list(enc_scale_factor),
-                    "enc_conv_chans": list(enc_conv_chans),
-                    "enc_conv_n_blocks": enc_conv_n_blocks,
-                    "dec_chans": list(dec_chans),
-                    "dec_patch_size": list(dec_patch_size),
-                    "dec_scale_factor": list(dec_scale_factor),
-                    "dropout": dropout,
-                    "drop_path": drop_path,
-                },
-            },
-        }
+        self.config: dict[str, Any] = ConvUNetRModelConfig(
+            image_size={v: list(image_size[v]) for v in self.views},
+            in_chans=chans,
+            out_chans=out_chans,
+            size=size,
+            enc_patch_size=list(enc_patch_size),
+            enc_scale_factor=list(enc_scale_factor),
+            enc_conv_chans=list(enc_conv_chans),
+            enc_conv_n_blocks=enc_conv_n_blocks,
+            dec_chans=list(dec_chans),
+            dec_patch_size=list(dec_patch_size),
+            dec_scale_factor=list(dec_scale_factor),
+            dropout=dropout,
+            drop_path=drop_path,
+            grad_ckpt=bool(grad_ckpt),
+        ).to_dict()
 
     def forward(self, images: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{view: (B, C, *spatial)} → {view: logits (B, out_chans, *spatial)}."""
@@ -243,10 +237,10 @@ class ConvUNetR(nn.Module):
         return logits
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ConvUNetR:
-        """Build from an official segmentation / landmark-heatmap config.yaml dict."""
-        from cinema.models.checkpoint import merge_config, parse_convunetr_config
-
-        model = cls(**parse_convunetr_config(config))
-        model.config = merge_config(config, model.config)
+    def from_config(cls, config: Mapping[str, Any] | ConvUNetRModelConfig) -> ConvUNetR:
+        """Build from an official segmentation / landmark-heatmap config.yaml dict (or its typed config)."""
+        if not isinstance(config, ConvUNetRModelConfig):
+            config = ConvUNetRModelConfig.from_dict(config)
+        model = cls(**config.model_kwargs())
+        model.config = config.to_dict()
         return model

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cinema.config.official import ConvViTModelConfig
 from cinema.models.conv import set_grad_ckpt
-from cinema.models.conv_stem import DownsampleEncoder, MultiScaleFusion, check_images, data_config, view_n_dims
+from cinema.models.conv_stem import DownsampleEncoder, MultiScaleFusion, check_images, view_n_dims
 from cinema.models.vit import ViTEncoder, init_weights, vit_size
 
 __all__ = ["REDUCTIONS", "ConvViT"]
@@ -73,26 +74,20 @@ class ConvViT(nn.Module):
         self.pred_head_dict = nn.ModuleDict({v: nn.Linear(embed_dim, out_chans) for v in [*self.views, "cls"]})
         set_grad_ckpt(self, grad_ckpt)
 
-        data = data_config(image_size, chans)
         #: official-format config (what :func:`cinema.models.checkpoint.save_model` writes as config.yaml)
-        self.config: dict[str, Any] = {
-            "grad_ckpt": bool(grad_ckpt),
-            "data": data,
-            "model": {
-                "name": "convvit",
-                "views": self.views[0] if len(self.views) == 1 else list(self.views),
-                "n_frames": self.n_frames,
-                "out_chans": out_chans,
-                "convvit": {
-                    "size": size,
-                    "enc_patch_size": list(enc_patch_size),
-                    "enc_scale_factor": list(enc_scale_factor),
-                    "enc_conv_chans": list(enc_conv_chans),
-                    "enc_conv_n_blocks": enc_conv_n_blocks,
-                    "drop_path": drop_path,
-                },
-            },
-        }
+        self.config: dict[str, Any] = ConvViTModelConfig(
+            image_size={v: list(image_size[v]) for v in self.views},
+            in_chans=chans,
+            out_chans=out_chans,
+            n_frames=self.n_frames,
+            size=size,
+            enc_patch_size=list(enc_patch_size),
+            enc_scale_factor=list(enc_scale_factor),
+            enc_conv_chans=list(enc_conv_chans),
+            enc_conv_n_blocks=enc_conv_n_blocks,
+            drop_path=drop_path,
+            grad_ckpt=bool(grad_ckpt),
+        ).to_dict()
 
     def feature_forward(self, images: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{"cls": (B, 1, E), view: (B, N_view, E)} fused features."""
@@ -125,10 +120,11 @@ class ConvViT(nn.Module):
         return logits[0] if len(logits) == 1 else torch.stack(logits, dim=1).mean(dim=1)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ConvViT:
-        """Build from an official classification / regression / landmark-coordinate config.yaml dict."""
-        from cinema.models.checkpoint import merge_config, parse_convvit_config
-
-        model = cls(**parse_convvit_config(config))
-        model.config = merge_config(config, model.config)
+    def from_config(cls, config: Mapping[str, Any] | ConvViTModelConfig) -> ConvViT:
+        """Build from an official classification / regression / landmark-coordinate config.yaml dict (or its typed
+        config)."""
+        if not isinstance(config, ConvViTModelConfig):
+            config = ConvViTModelConfig.from_dict(config)
+        model = cls(**config.model_kwargs())
+        model.config = config.to_dict()
         return model

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cinema.config.official import MAEModelConfig
 from cinema.models.conv import set_grad_ckpt
-from cinema.models.conv_stem import VIEWS, DownsampleEncoder, MultiScaleFusion, check_images, data_config, view_n_dims
+from cinema.models.conv_stem import DownsampleEncoder, MultiScaleFusion, check_images, view_n_dims
 from cinema.models.pos_embed import interpolate_pos_embed, sincos_pos_embed
 from cinema.models.vit import ViTDecoder, ViTEncoder, init_weights, patchify, unpatchify, vit_size
 
@@ -129,19 +130,17 @@ class CineMA(nn.Module):
         for head in self.pred_head_dict.values():
             init_weights(head)
         set_grad_ckpt(self, grad_ckpt)
-        data = data_config(image_size, chans)
-        model_cfg: dict[str, Any] = {
-            "size": size,
-            "views": list(self.views),
-            "patch_size": list(patch_size),
-            "scale_factor": list(scale_factor),
-            "enc_conv_chans": list(conv_chans),
-            "enc_conv_n_blocks": conv_n_blocks,
-        }
-        if self.views != list(VIEWS):
-            model_cfg = {"name": "mae", **model_cfg}  # official loaders always build all four views
         #: official-format config (what :func:`cinema.models.checkpoint.save_model` writes as config.yaml)
-        self.config: dict[str, Any] = {"grad_ckpt": bool(grad_ckpt), "data": data, "model": model_cfg}
+        self.config: dict[str, Any] = MAEModelConfig(
+            image_size={v: list(image_size[v]) for v in self.views},
+            in_chans=chans,
+            size=size,
+            patch_size=list(patch_size),
+            scale_factor=list(scale_factor),
+            enc_conv_chans=list(conv_chans),
+            enc_conv_n_blocks=conv_n_blocks,
+            grad_ckpt=bool(grad_ckpt),
+        ).to_dict()
 
     @property
     def dec_patch_size(self) -> dict[str, tuple[int, ...]]:
@@ -261,10 +260,11 @@ class CineMA(nn.Module):
         return loss, preds, masks, metrics
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> CineMA:
-        """Build from an official pre-training config.yaml dict (see :mod:`cinema.models.checkpoint`)."""
-        from cinema.models.checkpoint import merge_config, parse_mae_config
-
-        model = cls(**parse_mae_config(config))
-        model.config = merge_config(config, model.config)
+    def from_config(cls, config: Mapping[str, Any] | MAEModelConfig) -> CineMA:
+        """Build from an official pre-training config.yaml dict (or its typed config, see
+        :mod:`cinema.config.official`)."""
+        if not isinstance(config, MAEModelConfig):
+            config = MAEModelConfig.from_dict(config)
+        model = cls(**config.model_kwargs())
+        model.config = config.to_dict()
         return model

@@ -11,12 +11,13 @@ Published sizes with ``layer_inplanes`` (64, 128, 256, 512) and 2 input frames: 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from cinema.config.official import ResNetModelConfig
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet_config", "RESNET_N_BLOCKS"]
 
@@ -102,18 +103,15 @@ def resnet_config(
     ``data.class_column`` (number of classes) or ``data.regression_column`` (1), which :meth:`ResNet.from_config`
     also reads.
     """
-    view_key = "sax" if view == "sax" else "lax"
-    return {
-        "task": task,
-        "data": {view_key: {"in_chans": int(in_chans)}},
-        "model": {
-            "name": "resnet",
-            "views": view,
-            "n_frames": int(n_frames),
-            "out_chans": int(out_chans),
-            "resnet": {"depth": int(depth), "layer_inplanes": [int(c) for c in layer_inplanes]},
-        },
-    }
+    return ResNetModelConfig(
+        view=view,
+        in_chans=in_chans,
+        out_chans=out_chans,
+        n_frames=n_frames,
+        depth=depth,
+        layer_inplanes=list(layer_inplanes),
+        task=task,
+    ).to_dict()
 
 
 class ResNet(nn.Module):
@@ -130,7 +128,6 @@ class ResNet(nn.Module):
         depth: int = 50,
         layer_inplanes: Sequence[int] = (64, 128, 256, 512),
         view: str | None = None,
-        config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if n_dims not in (2, 3):
@@ -164,16 +161,15 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-        if config is None:
-            config = resnet_config(
-                view=self.view,
-                in_chans=in_chans,
-                n_frames=1,
-                out_chans=out_chans,
-                depth=depth,
-                layer_inplanes=layer_inplanes,
-            )
-        self.config = copy.deepcopy(dict(config))
+        #: official-format config (what :func:`cinema.models.checkpoint.save_model` writes as config.yaml)
+        self.config: dict[str, Any] = resnet_config(
+            view=self.view,
+            in_chans=in_chans,
+            n_frames=1,
+            out_chans=out_chans,
+            depth=depth,
+            layer_inplanes=layer_inplanes,
+        )
 
     def _make_stage(
         self, block: type[BasicBlock | Bottleneck], in_chans: int, planes: int, n_blocks: int, stride: int
@@ -189,61 +185,18 @@ class ResNet(nn.Module):
         return nn.Sequential(*blocks), out_chans
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ResNet:
-        """Build from an official-layout config (``model.name: resnet``; see :func:`resnet_config`).
+    def from_config(cls, config: Mapping[str, Any] | ResNetModelConfig) -> ResNet:
+        """Build from an official-layout config (``model.name: resnet``; see :func:`resnet_config`) or its typed config.
 
         As in the reference: 3-D for the ``sax`` view, 2-D otherwise; input channels are
         ``data.{sax|lax}.in_chans × model.n_frames``; the output size is the length of the class list named by
         ``data.class_column``, else 1 when ``data.regression_column`` is set, else ``model.out_chans``.
         """
-        model_cfg = config.get("model")
-        if not isinstance(model_cfg, Mapping):
-            raise ValueError("config is missing the section 'model'")
-        resnet_cfg = model_cfg.get("resnet")
-        if not isinstance(resnet_cfg, Mapping):
-            raise ValueError("config is missing the section 'model.resnet'")
-        views = model_cfg.get("views", model_cfg.get("view"))
-        if views is None:
-            raise ValueError("config is missing the field model.views")
-        views = [views] if isinstance(views, str) else list(views)
-        if len(views) != 1:
-            raise ValueError(f"ResNet supports a single view, config model.views lists {views}")
-        view = str(views[0])
-
-        data = config.get("data")
-        data = data if isinstance(data, Mapping) else {}
-        view_key = "sax" if view == "sax" else ("lax" if "lax" in data else view)
-        view_cfg = data.get(view_key)
-        if not isinstance(view_cfg, Mapping) or view_cfg.get("in_chans") is None:
-            raise ValueError(f"config is missing the field data.{view_key}.in_chans")
-        n_frames = model_cfg.get("n_frames", 1)
-
-        if data.get("class_column") is not None:
-            classes = data.get(data["class_column"])
-            if not isinstance(classes, Sequence) or isinstance(classes, str) or not classes:
-                raise ValueError(
-                    f"config data.class_column is {data['class_column']!r} but data.{data['class_column']} "
-                    "is not a non-empty list of classes"
-                )
-            out_chans = len(classes)
-        elif data.get("regression_column") is not None:
-            out_chans = 1
-        elif model_cfg.get("out_chans") is not None:
-            out_chans = int(model_cfg["out_chans"])
-        else:
-            raise ValueError("config sets none of data.class_column, data.regression_column, model.out_chans")
-
-        if resnet_cfg.get("depth") is None:
-            raise ValueError("config is missing the field model.resnet.depth")
-        return cls(
-            n_dims=3 if view == "sax" else 2,
-            in_chans=int(view_cfg["in_chans"]) * int(n_frames),
-            out_chans=out_chans,
-            depth=int(resnet_cfg["depth"]),
-            layer_inplanes=resnet_cfg.get("layer_inplanes", (64, 128, 256, 512)),
-            view=view,
-            config=config,
-        )
+        if not isinstance(config, ResNetModelConfig):
+            config = ResNetModelConfig.from_dict(config)
+        model = cls(**config.model_kwargs())
+        model.config = config.to_dict()
+        return model
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is (B, in_chans, *spatial) with this model's number of spatial dims."""

@@ -18,7 +18,6 @@ because it is part of the published parameter counts (SAX 77,269,188; LAX 26,691
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cinema.config.official import UNetModelConfig
 from cinema.models.conv import ConvNormAct, ConvResBlock, conv_cls, conv_transpose_cls
 
 __all__ = ["COMPACT_2D_CHANS", "DEFAULT_CHANS", "UNet", "unet_config"]
@@ -69,29 +69,20 @@ def unet_config(
     SAX slices. ``n_blocks``, ``norm``, ``kernel_size`` and ``model.unet.n_dims`` are extensions of the reference
     layout, which fixes them to 2, instance, 3 and the number of spacing entries.
     """
-    if n_dims is None:
-        n_dims = 3 if view == "sax" else 2
-    spacing = [1.0, 1.0, 10.0] if n_dims == 3 else [1.0, 1.0]
-    return {
-        "task": "segmentation",
-        "grad_ckpt": bool(grad_ckpt),
-        "data": {view: {"spacing": spacing, "in_chans": int(in_chans)}},
-        "model": {
-            "name": "unet",
-            "views": view,
-            "out_chans": int(out_chans),
-            "unet": {
-                "n_dims": int(n_dims),
-                "chans": [int(c) for c in chans],
-                "n_blocks": int(n_blocks),
-                "dropout": float(dropout),
-                "patch_size": [int(p) for p in patch_size],
-                "scale_factor": [int(s) for s in scale_factor],
-                "norm": norm,
-                "kernel_size": int(kernel_size),
-            },
-        },
-    }
+    return UNetModelConfig(
+        view=view,
+        in_chans=in_chans,
+        out_chans=out_chans,
+        n_dims=n_dims,
+        chans=list(chans),
+        n_blocks=n_blocks,
+        dropout=dropout,
+        patch_size=list(patch_size),
+        scale_factor=list(scale_factor),
+        norm=norm,
+        kernel_size=kernel_size,
+        grad_ckpt=grad_ckpt,
+    ).to_dict()
 
 
 class UNetEncoder(nn.Module):
@@ -208,7 +199,6 @@ class UNet(nn.Module):
         kernel_size: int = 3,
         grad_ckpt: bool = False,
         view: str | None = None,
-        config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if n_dims not in (2, 3):
@@ -231,54 +221,36 @@ class UNet(nn.Module):
         self.decoder = UNetDecoder(n_dims, chans, patch_size, scale_factor, n_blocks, norm, kernel_size, dropout)
         self.out_conv = conv_cls(n_dims)(chans[0], out_chans, kernel_size=1)
         self.set_grad_ckpt(grad_ckpt)
-        if config is None:
-            config = unet_config(
-                view=self.view,
-                in_chans=in_chans,
-                out_chans=out_chans,
-                n_dims=n_dims,
-                chans=chans,
-                n_blocks=n_blocks,
-                patch_size=patch_size,
-                scale_factor=scale_factor,
-                dropout=dropout,
-                norm=norm,
-                kernel_size=kernel_size,
-                grad_ckpt=grad_ckpt,
-            )
-        self.config = copy.deepcopy(dict(config))
+        #: official-format config (what :func:`cinema.models.checkpoint.save_model` writes as config.yaml)
+        self.config: dict[str, Any] = unet_config(
+            view=self.view,
+            in_chans=in_chans,
+            out_chans=out_chans,
+            n_dims=n_dims,
+            chans=chans,
+            n_blocks=n_blocks,
+            patch_size=patch_size,
+            scale_factor=scale_factor,
+            dropout=dropout,
+            norm=norm,
+            kernel_size=kernel_size,
+            grad_ckpt=grad_ckpt,
+        )
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> UNet:
-        """Build from an official-layout config (``model.name: unet``; see :func:`unet_config`).
+    def from_config(cls, config: Mapping[str, Any] | UNetModelConfig) -> UNet:
+        """Build from an official-layout config (``model.name: unet``; see :func:`unet_config`) or its typed config.
 
         Reads ``model.views`` (or the older ``model.view``), ``model.out_chans``, ``model.unet.{chans, dropout,
         patch_size, scale_factor}``, the view's ``data.<view>.in_chans`` (``data.lax`` serves every LAX view, as in
         the reference) and ``grad_ckpt``. The number of spatial dims is ``model.unet.n_dims`` if given, else the
-        length of ``data.<view>.spacing``, else 3 for ``sax`` and 2 otherwise.
+        length of ``data.<view>.spacing``, else 3 for ``sax`` and 2 otherwise (`cinema.config.official`).
         """
-        model_cfg = _section(config, "model")
-        unet_cfg = _section(model_cfg, "unet", "model.unet")
-        view = _single_view(model_cfg, "UNet")
-        view_cfg = _view_data(config, view)
-        n_dims = unet_cfg.get("n_dims")
-        if n_dims is None:
-            n_dims = len(view_cfg["spacing"]) if "spacing" in view_cfg else (3 if view == "sax" else 2)
-        return cls(
-            n_dims=int(n_dims),
-            in_chans=int(_required(view_cfg, "in_chans", f"data.{_view_data_key(config, view)}")),
-            out_chans=int(_required(model_cfg, "out_chans", "model")),
-            chans=_required(unet_cfg, "chans", "model.unet"),
-            patch_size=unet_cfg.get("patch_size", (2, 2, 1)),
-            scale_factor=unet_cfg.get("scale_factor", (2, 2, 1)),
-            n_blocks=int(unet_cfg.get("n_blocks", 2)),
-            dropout=float(unet_cfg.get("dropout", 0.0)),
-            norm=str(unet_cfg.get("norm", "instance")),
-            kernel_size=int(unet_cfg.get("kernel_size", 3)),
-            grad_ckpt=bool(config.get("grad_ckpt", False)),
-            view=view,
-            config=config,
-        )
+        if not isinstance(config, UNetModelConfig):
+            config = UNetModelConfig.from_dict(config)
+        model = cls(**config.model_kwargs())
+        model.config = config.to_dict()
+        return model
 
     def set_grad_ckpt(self, enable: bool = True) -> None:
         """Recompute each ConvResBlock during backward to save activation memory (training only)."""
@@ -310,43 +282,3 @@ class UNet(nn.Module):
             return {view: self.forward(image)}
         self.check_input(x)
         return self.out_conv(self.decoder(self.encoder(x)))
-
-
-def _section(config: Mapping[str, Any], key: str, where: str | None = None) -> Mapping[str, Any]:
-    value = config.get(key)
-    if not isinstance(value, Mapping):
-        raise ValueError(f"config is missing the section {where or key!r}")
-    return value
-
-
-def _required(section: Mapping[str, Any], key: str, where: str) -> Any:
-    if section.get(key) is None:
-        raise ValueError(f"config is missing the field {where}.{key}")
-    return section[key]
-
-
-def _single_view(model_cfg: Mapping[str, Any], model_name: str) -> str:
-    views = model_cfg.get("views", model_cfg.get("view"))
-    if views is None:
-        raise ValueError("config is missing the field model.views")
-    if isinstance(views, str):
-        views = [views]
-    views = list(views)
-    if len(views) != 1:
-        raise ValueError(f"{model_name} supports a single view, config model.views lists {views}")
-    return str(views[0])
-
-
-def _view_data_key(config: Mapping[str, Any], view: str) -> str:
-    data = config.get("data") or {}
-    if view != "sax" and view not in data and "lax" in data:
-        return "lax"
-    return view
-
-
-def _view_data(config: Mapping[str, Any], view: str) -> Mapping[str, Any]:
-    data = _section(config, "data")
-    key = _view_data_key(config, view)
-    if not isinstance(data.get(key), Mapping):
-        raise ValueError(f"config is missing the section 'data.{key}' for view {view!r}")
-    return data[key]
