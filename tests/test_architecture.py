@@ -21,7 +21,7 @@ LAYERS = [
     {"tasks"},
     {"train"},
     {"analysis"},
-    {"evaluate"},
+    {"evaluate", "cohort"},
     {"serve"},
     {"cli", "__main__"},
 ]

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "convert": "cinema.cli.convert",
     "finetune": "cinema.cli.finetune",
     "evaluate": "cinema.cli.evaluate",
+    "cohort": "cinema.cli.cohort",
     "serve": "cinema.cli.serve",
     "index": "cinema.cli.index",
     "shard": "cinema.cli.shard",
