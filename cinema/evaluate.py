@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cinema.config import FinetuneConfig
+from cinema.io.errors import InputError
 
 if TYPE_CHECKING:
     from cinema.train.datasets import Entry
@@ -118,9 +119,9 @@ def resolve_source(
         try:
             splits = json.loads(splits_path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{splits_path}: not valid JSON ({err})") from None
+            raise InputError(f"{splits_path}: not valid JSON ({err})") from None
         if not isinstance(splits, dict) or not all(isinstance(splits.get(k), list) for k in ("train", "val")):
-            raise ValueError(f"{splits_path}: expected lists 'train' and 'val' of study ids")
+            raise InputError(f"{splits_path}: expected lists 'train' and 'val' of study ids")
     model_dir = Path(weights) if weights is not None else run_dir / "model"
     if not model_dir.exists():
         hint = "" if weights is not None else " (train the run first, or pass --weights)"
@@ -137,7 +138,7 @@ def select_entries(config: FinetuneConfig, split: str, splits: Mapping[str, list
     from cinema.train.datasets import list_entries, split_entries, spread_subjects
 
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     entries = sorted(list_entries(config), key=lambda e: e.id)
     if split == "all":
         return spread_subjects(entries, config.data.max_subjects, config) if config.data.max_subjects > 0 else entries
@@ -148,10 +149,10 @@ def select_entries(config: FinetuneConfig, split: str, splits: Mapping[str, list
         by_id = {e.id: e for e in entries}
         missing = [i for i in splits[split] if i not in by_id]
         if missing:
-            raise ValueError(f"splits.json lists studies the dataset at {config.data.dir} lacks: {missing[:5]}")
+            raise InputError(f"splits.json lists studies the dataset at {config.data.dir} lacks: {missing[:5]}")
         chosen = [by_id[i] for i in splits[split]]
     if not chosen:
-        raise ValueError(f"the {split} split is empty; choose another split (--split train or all)")
+        raise InputError(f"the {split} split is empty; choose another split (--split train or all)")
     return sorted(chosen, key=lambda e: e.id)
 
 
@@ -175,7 +176,7 @@ def check_columns(by: Sequence[str], entries: Sequence[Entry]) -> None:
     available |= set(case_metadata(entries[0], entries[0].load().metadata))
     unknown = [column for column in by if column not in available]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"no metadata column {unknown} to break metrics down by (available: {', '.join(sorted(available))})"
         )
 
@@ -213,10 +214,10 @@ def segmentation_rows(
             view = study.view("sax")
             ed, es = study.ed_frame, study.es_frame
             if ed is None or es is None:
-                raise ValueError(f"{entry.source}: ED and ES frames are needed to evaluate segmentation")
+                raise InputError(f"{entry.source}: ED and ES frames are needed to evaluate segmentation")
             unlabelled = [name for name, f in (("ED", ed), ("ES", es)) if f not in view.labels]
             if unlabelled:
-                raise ValueError(f"{entry.source}: no manual labels at {' and '.join(unlabelled)}")
+                raise InputError(f"{entry.source}: no manual labels at {' and '.join(unlabelled)}")
             pred = predictor.segment_study(study, frames=sorted({ed, es}))
             metrics = cardiac_case_metrics(pred[ed], view.labels[ed], pred[es], view.labels[es], view.affine)
             rows.append({"id": entry.id, **case_metadata(entry, study.metadata), **metrics})
@@ -297,7 +298,7 @@ def _regression_stats(config: FinetuneConfig, model_config: Mapping[str, Any], w
     stats = model_config.get("data", {}).get(column)
     if isinstance(stats, Mapping) and "mean" in stats and "std" in stats:
         return float(stats["mean"]), float(stats["std"])
-    raise ValueError(
+    raise InputError(
         f"{weights}: the target {column!r} was z-scored but neither the config nor the model's config.yaml holds its "
         "mean and std (data.regression_mean / data.regression_std)"
     )
@@ -362,7 +363,7 @@ def scan_rescan_pairs(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[s
     for pair_id, members in sorted(groups.items()):
         if len(members) != 2:
             ids = [m.get("id") for m in members]
-            raise ValueError(f"pair_id {pair_id!r} marks {len(members)} studies {ids}; a scan-rescan pair needs two")
+            raise InputError(f"pair_id {pair_id!r} marks {len(members)} studies {ids}; a scan-rescan pair needs two")
         pairs.append((members[0], members[1]))
     by_id = {str(row.get("id")): row for row in rows}
     for row in rows:
@@ -370,7 +371,7 @@ def scan_rescan_pairs(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[s
         if first in (None, "") or (isinstance(first, float) and math.isnan(first)):
             continue
         if str(first) not in by_id:
-            raise ValueError(f"study {row.get('id')!r}: rescan_of names {first!r}, which is not among the studies")
+            raise InputError(f"study {row.get('id')!r}: rescan_of names {first!r}, which is not among the studies")
         pairs.append((by_id[str(first)], row))
     return pairs
 
@@ -402,7 +403,7 @@ def summarise_rows(
     known = sorted({key for row in rows for key in row})
     unknown = [column for column in by if column not in known]
     if unknown:
-        raise ValueError(f"no metadata column {unknown} to break metrics down by (available: {', '.join(known)})")
+        raise InputError(f"no metadata column {unknown} to break metrics down by (available: {', '.join(known)})")
     per_case, group_metrics = task_metrics(config)
     table = subgroup_table(rows, list(by), per_case, group_metrics)
     summary: dict[str, Any] = {"overall": _without_keys(table[0], ("column", "group")), "subgroups": {}}
@@ -503,7 +504,7 @@ def evaluate(
     logger.info("evaluating %s (%s) on %d %s studies", model_dir, config.task, len(entries), split)
     if config.task == "segmentation":
         if config.views != ["sax"]:
-            raise ValueError(f"segmentation evaluation covers short-axis models; this run segments {config.views}")
+            raise InputError(f"segmentation evaluation covers short-axis models; this run segments {config.views}")
         rows = segmentation_rows(entries, model_dir, device=device, postprocess=postprocess, progress=progress)
     else:
         rows = prediction_rows(entries, config, model_dir, device=device, progress=progress)

@@ -272,7 +272,7 @@ def test_given_ed_es_are_used_and_bad_ones_are_one_line_errors(tmp_path, tiny_we
     assert metrics["ed_es_source"] == "ED given, ES given"
 
     capsys.readouterr()
-    assert main(["analyze", str(cine), "-o", str(tmp_path / "bad"), "--weights", str(tiny_weights), "--es", "6"]) == 1
+    assert main(["analyze", str(cine), "-o", str(tmp_path / "bad"), "--weights", str(tiny_weights), "--es", "6"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["cinema analyze: error: --es 6 is outside the 6 stored frames (0-based, 0..5)"]
     assert not (tmp_path / "bad").exists()
@@ -286,10 +286,10 @@ def test_existing_out_is_kept_without_force_and_failures_leave_nothing(
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     base = ["analyze", str(cine), "-o", str(out), "--weights", str(tiny_weights), "--quiet"]
-    assert main(base) == 1
+    assert main(base) == 2
     assert "use --force" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
-    assert main([*base, "--force"]) == 1  # --force never replaces a folder cinema did not write
+    assert main([*base, "--force"]) == 2  # --force never replaces a folder cinema did not write
     assert "not written by cinema" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
 

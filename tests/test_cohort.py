@@ -272,7 +272,7 @@ def test_two_shards_merged_equal_one_run(shards, reference, tmp_path):
 
 def test_merge_names_missing_and_duplicated_exams(shards, tmp_path, capsys):
     shard0, shard1 = shards / "shard-0-of-2", shards / "shard-1-of-2"
-    assert main(["cohort", "--merge", str(shard0), "-o", str(tmp_path / "m1")]) == 1
+    assert main(["cohort", "--merge", str(shard0), "-o", str(tmp_path / "m1")]) == 2
     assert "missing shard(s) 1/2" in capsys.readouterr().err
 
     unfinished = tmp_path / "unfinished" / shard1.name
@@ -280,13 +280,13 @@ def test_merge_names_missing_and_duplicated_exams(shards, tmp_path, capsys):
     lines = (unfinished / "manifest.jsonl").read_text().splitlines(keepends=True)
     dropped = json.loads(lines[-1])["exam_id"]
     (unfinished / "manifest.jsonl").write_text("".join(lines[:-1]))
-    assert main(["cohort", "--merge", str(shard0), str(unfinished), "-o", str(tmp_path / "m2")]) == 1
+    assert main(["cohort", "--merge", str(shard0), str(unfinished), "-o", str(tmp_path / "m2")]) == 2
     err = capsys.readouterr().err
     assert f"missing exam(s) {dropped}" in err and "\n" not in err.strip()
 
     copy = tmp_path / "copy" / shard0.name
     shutil.copytree(shard0, copy, symlinks=True)
-    assert main(["cohort", "--merge", str(shard0), str(shard1), str(copy), "-o", str(tmp_path / "m3")]) == 1
+    assert main(["cohort", "--merge", str(shard0), str(shard1), str(copy), "-o", str(tmp_path / "m3")]) == 2
     err = capsys.readouterr().err
     assert "duplicated exam(s) " + ", ".join(sorted(EXAM_IDS)[0::2]) in err
     assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3"))
@@ -316,34 +316,34 @@ def test_exam_ids_are_safe_unique_and_stable(tmp_path, acdc_dir):
 
 def test_out_follows_the_output_safety_rule(cohort_inputs, tiny_weights, reference, tmp_path, capsys):
     inside = cohort_inputs[0] / "results"
-    assert main(_args(cohort_inputs, inside, tiny_weights)) == 1
+    assert main(_args(cohort_inputs, inside, tiny_weights)) == 2
     assert "inside the input folder" in capsys.readouterr().err and not inside.exists()
 
     holds = cohort_inputs[0].parent
-    assert main(_args(cohort_inputs, holds, tiny_weights)) == 1
+    assert main(_args(cohort_inputs, holds, tiny_weights)) == 2
     assert "holds the input" in capsys.readouterr().err
 
     mine = tmp_path / "my_folder"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    assert main(_args(cohort_inputs, mine, tiny_weights)) == 1
+    assert main(_args(cohort_inputs, mine, tiny_weights)) == 2
     assert "not a cohort folder" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
     before = sorted(p.name for p in reference.iterdir())
-    assert main(_args(cohort_inputs[:1], reference, tiny_weights)) == 1  # another command's cohort: other inputs
+    assert main(_args(cohort_inputs[:1], reference, tiny_weights)) == 2  # another command's cohort: other inputs
     assert "cohort folder of another command" in capsys.readouterr().err
-    assert main(_args(cohort_inputs, reference, tiny_weights, "--shard", "0/2")) == 1
+    assert main(_args(cohort_inputs, reference, tiny_weights, "--shard", "0/2")) == 2
     assert "cohort folder of another command" in capsys.readouterr().err
     assert sorted(p.name for p in reference.iterdir()) == before
 
-    assert main(_args(cohort_inputs, tmp_path / "new", tiny_weights, "--force")) == 1
+    assert main(_args(cohort_inputs, tmp_path / "new", tiny_weights, "--force")) == 2
     assert "--force is only for --merge" in capsys.readouterr().err
 
     # weights that do not load: one line, and no half-made cohort folder that would refuse the corrected command
     broken = tmp_path / "broken_weights"
     broken.mkdir()
-    assert main(_args(cohort_inputs, tmp_path / "new", broken)) == 1
+    assert main(_args(cohort_inputs, tmp_path / "new", broken)) == 2
     assert "no config.yaml" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 

@@ -114,10 +114,10 @@ def test_refuses_non_empty_out_dir_and_force_replaces(tmp_path):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     code, _, stderr = run_cli(exam, out)
-    assert code == 1 and "not empty" in stderr and "--force" in stderr
+    assert code == 2 and "not empty" in stderr and "--force" in stderr
     assert (out / "precious.txt").read_text() == "keep me"
     code, _, stderr = run_cli(exam, out, "--force")
-    assert code == 1 and "not written by cinema" in stderr  # --force never replaces a user's folder
+    assert code == 2 and "not written by cinema" in stderr  # --force never replaces a user's folder
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -126,7 +126,7 @@ def test_refuses_non_empty_out_dir_and_force_replaces(tmp_path):
     assert code == 0, stderr
     assert sorted(p.name for p in empty.iterdir()) == [".cinema-output", "sax.nii.gz", "study.json"]
     code, _, stderr = run_cli(exam, exam, "--force")
-    assert code == 1 and "is the input" in stderr
+    assert code == 2 and "is the input" in stderr
 
 
 def _bad_exam(tmp_path, kind):
@@ -156,7 +156,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, kind, existing):
         (out / "old.txt").write_text("previous run")
         (out / ".cinema-output").write_text("{}")
     code, stdout, stderr = run_cli(exam, out, "--force")
-    assert code == 1
+    assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cinema convert: error: ") and str(exam) in lines[0]
     if existing:

@@ -273,19 +273,19 @@ def test_task_predictions_agree_with_the_trainers_validation(task: str, acdc_dir
 
 def test_command_line_errors(segmentation_run: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval"
-    assert cli.main(["evaluate", str(tmp_path / "nowhere"), "-o", str(out)]) == 1
+    assert cli.main(["evaluate", str(tmp_path / "nowhere"), "-o", str(out)]) == 2
     assert "no such run folder" in capsys.readouterr().err
-    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--by", "vendor", "--quiet"]) == 1
+    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--by", "vendor", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "no metadata column ['vendor']" in err and "group" in err
     assert not out.exists()  # nothing half-written
-    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--weights", str(tmp_path / "w")]) == 1
+    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--weights", str(tmp_path / "w")]) == 2
     assert "model not found" in capsys.readouterr().err
     out.mkdir()
     (out / "old.txt").write_text("keep")
-    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet"]) == 1
+    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err and (out / "old.txt").exists()
-    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet", "--force"]) == 1
+    assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet", "--force"]) == 2
     assert "not written by cinema" in capsys.readouterr().err and (out / "old.txt").exists()
     out = tmp_path / "earlier"
     assert cli.main(["evaluate", str(segmentation_run), "-o", str(out), "--quiet"]) == 0

@@ -55,7 +55,7 @@ def user_folder(tmp_path, sunnybrook_dir):
 
 def test_analyze_into_the_folder_holding_the_exam_is_refused_even_with_force(user_folder, capsys):
     before = _tree(user_folder)
-    assert main(["analyze", str(user_folder / "exam"), "-o", str(user_folder), "--force", "--quiet"]) == 1
+    assert main(["analyze", str(user_folder / "exam"), "-o", str(user_folder), "--force", "--quiet"]) == 2
     line = _one_error_line(capsys, "analyze")
     assert "holds the input" in line
     assert _tree(user_folder) == before
@@ -109,7 +109,7 @@ def test_no_command_writes_over_its_input_or_a_folder_holding_it(
     source = {"shard": index}.get(command, data / "case1_sax.nii.gz" if command in ("analyze", "segment") else data)
     out = {"the_input": source, "holds_the_input": source.parent, "ancestor_of_the_input": tmp_path}[case]
     before = _tree(tmp_path)
-    assert main([*_command(command, data, index, out), "--force"]) == 1
+    assert main([*_command(command, data, index, out), "--force"]) == 2
     line = _one_error_line(capsys, command)
     assert str(out) in line
     assert _tree(tmp_path) == before
@@ -123,7 +123,7 @@ def test_force_never_replaces_a_folder_cinema_did_not_write(tmp_path, nifti_data
     out = tmp_path / "results"
     out.mkdir()
     (out / "thesis.docx").write_text("three years of work")
-    assert main([*_command(command, data, index, out), "--force"]) == 1
+    assert main([*_command(command, data, index, out), "--force"]) == 2
     assert "not written by cinema" in _one_error_line(capsys, command)
     assert _tree(out) == {"thesis.docx": b"three years of work"}
 
@@ -134,7 +134,7 @@ def test_force_never_replaces_a_file_cinema_did_not_write(tmp_path, nifti_data, 
     _fail_if_model_loaded(monkeypatch)
     out = tmp_path / ("mine.nii.gz" if command == "segment" else "mine.jsonl")
     out.write_bytes(gzip.compress(b"a user's own file"))
-    assert main([*_command(command, data, index, out), "--force"]) == 1
+    assert main([*_command(command, data, index, out), "--force"]) == 2
     assert "not written by this command" in _one_error_line(capsys, command)
     assert gzip.decompress(out.read_bytes()) == b"a user's own file"
 
@@ -144,7 +144,7 @@ def test_force_replaces_cinema_s_own_file_outputs(tmp_path, nifti_data, tiny_wei
     seg = tmp_path / "seg.nii.gz"
     segment = [*_command("segment", data, index, seg), "--weights", str(tiny_weights)]
     assert main(segment) == 0
-    assert main(segment) == 1 and "use --force" in _one_error_line(capsys, "segment")
+    assert main(segment) == 2 and "use --force" in _one_error_line(capsys, "segment")
     assert main([*segment, "--force"]) == 0
     again = tmp_path / "again.jsonl"
     assert main(["index", str(data), "-o", str(again)]) == 0
@@ -179,7 +179,7 @@ def test_training_output_dir_never_holds_its_data(tmp_path, nifti_data, acdc_dir
         argv = ["pretrain", str(config), "--quiet"]
         watched = tmp_path
     before = sorted(p.name for p in watched.iterdir())
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "holds the input" in _one_error_line(capsys, command)
     assert sorted(p.name for p in watched.iterdir()) == before
 
@@ -220,7 +220,7 @@ def test_a_folder_of_two_studies_is_refused_with_the_studies_listed(two_patients
 
     out = tmp_path / "out"
     argv = ["analyze", str(two_patients), "-o", str(out), "--weights", str(tiny_weights), "--quiet"]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert "holds 2 studies" in _one_error_line(capsys, "analyze") and not out.exists()
     assert main([*argv, "--study", pseudonyms[1]]) == 0
     assert nib.load(str(out / "seg_sax.nii.gz")).shape[2] == 2  # the chosen patient's two slices, nobody else's
@@ -324,7 +324,7 @@ def test_index_skip_bad_covers_a_damaged_nifti_whose_name_gives_no_view(tmp_path
     shutil.copy(short_cine, data / "good_sax.nii.gz")
     (data / "0042.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     out = tmp_path / "index.jsonl"
-    assert main(["index", str(data), "-o", str(out)]) == 1
+    assert main(["index", str(data), "-o", str(out)]) == 2
     assert "0042.nii.gz" in _one_error_line(capsys, "index") and not out.exists()
     assert main(["index", str(data), "-o", str(out), "--skip-bad"]) == 0
     assert "0042.nii.gz" in capsys.readouterr().err
@@ -340,11 +340,11 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, short_c
     _fail_if_model_loaded(monkeypatch)
     folder = tmp_path / "seg.nii.gz"
     folder.mkdir()
-    assert main(["segment", str(short_cine), str(folder), "--force"]) == 1
+    assert main(["segment", str(short_cine), str(folder), "--force"]) == 2
     assert "is a folder" in _one_error_line(capsys, "segment")
     index = tmp_path / "index_dir"
     index.mkdir()
-    assert main(["index", str(short_cine.parent), "-o", str(index), "--force"]) == 1
+    assert main(["index", str(short_cine.parent), "-o", str(index), "--force"]) == 2
     assert "is a folder" in _one_error_line(capsys, "index")
 
 
@@ -355,7 +355,7 @@ def test_an_output_folder_without_write_permission_is_one_line(tmp_path, short_c
     real_access = os.access
     # the tests run as root, for whom chmod does not deny anything: deny it where the check asks
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real_access(p, mode, **kw))
-    assert main(["analyze", str(short_cine), "-o", str(locked / "out"), "--quiet"]) == 1
+    assert main(["analyze", str(short_cine), "-o", str(locked / "out"), "--quiet"]) == 2
     assert "permission denied" in _one_error_line(capsys, "analyze")
 
 
@@ -370,7 +370,7 @@ def test_os_errors_during_the_work_are_one_line_naming_the_path(tmp_path, monkey
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", denied)
-    assert main(["convert", str(folder), str(tmp_path / "out")]) == 1
+    assert main(["convert", str(folder), str(tmp_path / "out")]) == 2
     line = _one_error_line(capsys, "convert")
     assert str(folder) in line and "Permission denied" in line
     assert not (tmp_path / "out").exists()
@@ -390,7 +390,7 @@ def test_debug_shows_the_traceback(tmp_path):
         text=True,
         timeout=120,
     )
-    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and len(quiet.stderr.splitlines()) == 1
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr and len(quiet.stderr.splitlines()) == 1
 
 
 def test_memory_error_is_one_readable_line(short_cine, tmp_path, monkeypatch, capsys):

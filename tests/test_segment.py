@@ -164,15 +164,15 @@ def test_one_slice_convunetr_keeps_the_native_slices(golden_dir, tmp_path):
 def test_cli_errors_are_one_line(tmp_path, tiny_weights, capsys):
     source = tmp_path / "exam_sax.nii.gz"
     nib.save(nib.Nifti1Image(_cine(), np.eye(4)), source)
-    assert main(["segment", str(tmp_path / "missing.nii.gz"), str(tmp_path / "o.nii.gz")]) == 1
+    assert main(["segment", str(tmp_path / "missing.nii.gz"), str(tmp_path / "o.nii.gz")]) == 2
     assert "missing.nii.gz" in capsys.readouterr().err
-    assert main(["segment", str(source), str(tmp_path / "out.png"), "--weights", str(tiny_weights)]) == 1
+    assert main(["segment", str(source), str(tmp_path / "out.png"), "--weights", str(tiny_weights)]) == 2
     assert ".nii" in capsys.readouterr().err
     existing = tmp_path / "exists.nii.gz"
     existing.write_bytes(b"x")
-    assert main(["segment", str(source), str(existing), "--weights", str(tiny_weights)]) == 1
+    assert main(["segment", str(source), str(existing), "--weights", str(tiny_weights)]) == 2
     assert "--force" in capsys.readouterr().err
-    assert main(["segment", str(source), str(tmp_path / "o.nii.gz"), "--weights", str(tmp_path)]) == 1
+    assert main(["segment", str(source), str(tmp_path / "o.nii.gz"), "--weights", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.yaml" in err
     assert not (tmp_path / "o.nii.gz").exists()

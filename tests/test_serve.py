@@ -190,9 +190,9 @@ def test_binds_to_loopback_unless_told_otherwise(server):
 
 
 def test_bad_options_are_one_line_errors(capsys):
-    assert main(["serve", "--port", "70000"]) == 1
+    assert main(["serve", "--port", "70000"]) == 2
     assert capsys.readouterr().err.strip() == "cinema serve: error: --port must be 0..65535, got 70000"
-    assert main(["serve", "--max-upload-mb", "0"]) == 1
+    assert main(["serve", "--max-upload-mb", "0"]) == 2
     assert "--max-upload-mb must be >= 1" in capsys.readouterr().err
 
 

@@ -419,7 +419,7 @@ def test_command_line_options_for_the_new_limits(capsys):
     assert (args.request_timeout, args.max_jobs_per_client) == (120.0, 2)
     defaults = ServeSettings()
     assert (defaults.request_timeout_s, defaults.max_jobs_per_client) == (120.0, 2)
-    assert main(["serve", "--request-timeout", "0"]) == 1
+    assert main(["serve", "--request-timeout", "0"]) == 2
     assert "--request-timeout must be > 0" in capsys.readouterr().err
-    assert main(["serve", "--max-jobs-per-client", "0"]) == 1
+    assert main(["serve", "--max-jobs-per-client", "0"]) == 2
     assert "--max-jobs-per-client must be >= 1" in capsys.readouterr().err

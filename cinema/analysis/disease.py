@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize
 
+from cinema.io.errors import InputError
 from cinema.metrics import ejection_fraction, lv_mass_g
 from cinema.metrics.segmentation import class_volumes_ml, spacing_from
 
@@ -280,13 +281,13 @@ def load_disease_classifier(folder: str | os.PathLike | None = None) -> DiseaseC
     names = tuple(config["feature_names"])
     unknown = sorted(set(names) - set(FEATURE_NAMES))
     if unknown:
-        raise ValueError(f"{config_path}: unknown features {unknown}")
+        raise InputError(f"{config_path}: unknown features {unknown}")
     f, c = len(names), len(config["classes"])
     expected = {"mean": (f,), "std": (f,), "weight": (f, c), "bias": (c,)}
     for key, shape in expected.items():
         if key not in tensors or tuple(tensors[key].shape) != shape:
             got = None if key not in tensors else tuple(tensors[key].shape)
-            raise ValueError(f"{weights_path}: tensor {key!r} should have shape {shape}, got {got}")
+            raise InputError(f"{weights_path}: tensor {key!r} should have shape {shape}, got {got}")
     return DiseaseClassifier(
         tuple(config["classes"]),
         names,

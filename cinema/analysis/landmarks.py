@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cinema.io.errors import InputError
 from cinema.io.study import LAX_VIEWS, Study
 
 __all__ = ["LandmarkModel", "LandmarkResult", "lax_function", "load_landmark_model", "predict_landmarks"]
@@ -76,21 +77,21 @@ def load_landmark_model(weights: str | Path, device: str | torch.device = "cpu")
     if task in ("landmark_heatmap", "landmark_coordinate"):
         kind = task.removeprefix("landmark_")
     elif task:
-        raise ValueError(f"{where}: a {task} checkpoint is not a landmark model")
+        raise InputError(f"{where}: a {task} checkpoint is not a landmark model")
     elif name in _HEATMAP_MODELS:
         kind = "heatmap"
     elif name in _COORDINATE_MODELS:
         kind = "coordinate"
     else:
-        raise ValueError(f"{where}: a {name} model is not a landmark model")
+        raise InputError(f"{where}: a {name} model is not a landmark model")
     views = config_views(config)
     if len(views) != 1 or views[0] not in LAX_VIEWS:
-        raise ValueError(f"{where}: landmarks need a model of one long-axis view, got {views or 'no view'}")
+        raise InputError(f"{where}: landmarks need a model of one long-axis view, got {views or 'no view'}")
     model_cfg = config.get("model", {})
     expected = N_POINTS if kind == "heatmap" else 2 * N_POINTS
     out = int(model_cfg.get("out_chans", expected))
     if out != expected:
-        raise ValueError(f"{where}: a {kind} landmark model needs {expected} outputs, got {out}")
+        raise InputError(f"{where}: a {kind} landmark model needs {expected} outputs, got {out}")
     lax = config.get("data", {}).get("lax", {})
     patch = tuple(int(p) for p in lax.get("patch_size", (256, 256)))[:2]
     spacing = tuple(float(s) for s in lax.get("spacing", (1.0, 1.0)))[:2]
@@ -128,12 +129,12 @@ def predict_landmarks(
     from cinema.preprocess.model_space import to_model_space
 
     if model.view not in study.views:
-        raise ValueError(f"{study.source or 'study'}: no {model.view} view for the landmark model")
+        raise InputError(f"{study.source or 'study'}: no {model.view} view for the landmark model")
     view = study.view(model.view)
     frames = list(range(view.n_frames)) if frames is None else [int(f) for f in frames]
     bad = [f for f in frames if not 0 <= f < view.n_frames]
     if not frames or bad:
-        raise ValueError(f"{model.view}: frames {bad or frames} are not among its {view.n_frames} frames")
+        raise InputError(f"{model.view}: frames {bad or frames} are not among its {view.n_frames} frames")
     location = locate_study_heart(study, model.view)
     images, transform = to_model_space(
         view.image[..., frames],
@@ -156,7 +157,7 @@ def lax_function(world: np.ndarray) -> dict[str, Any]:
     """LV length per frame, the frames of max / min length, MAPSE and longitudinal shortening from (T, 3, 3) mm."""
     world = np.asarray(world, dtype=np.float64)
     if world.ndim != 3 or world.shape[1:] != (N_POINTS, 3):
-        raise ValueError(f"landmarks must be (T, 3, 3) world points, got shape {world.shape}")
+        raise InputError(f"landmarks must be (T, 3, 3) world points, got shape {world.shape}")
     hinge_mid = world[:, :2].mean(axis=1)
     length = np.linalg.norm(world[:, 2] - hinge_mid, axis=1)
     longest, shortest = int(np.argmax(length)), int(np.argmin(length))

@@ -25,7 +25,11 @@ acdc_sax_1.safetensors, acdc_sax_2.safetensors]`` written beside its config.yaml
 
 When the cine has no usable motion (a single frame, a static series) and no long-axis planes locate the heart, the
 network itself finds it: a first pass over the whole field of view with sliding windows, then the heart-centred
-crop around the predicted foreground.
+crop around the predicted foreground. For a slice-wise model that first pass is a coarse one (the first ensemble
+member alone, no test-time transforms, the middle third of the slices, at 2-2.5 times the model's in-plane spacing so
+that the field fits one window); the whole ensemble sweeps every slice only when the coarse answer is unsure (no
+heart, a component under 20 mL or not reaching every middle slice, a mean heart probability under 0.8), and always
+for a 3-D network.
 
 Post-processing keeps the largest connected component (3-D, face connectivity) of the LV cavity only. Measured with
 the single v3 model (now a member of the shipped ensemble) on its 15 validation patients (benchmarks/segment.py): no
@@ -56,6 +60,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from cinema.io.errors import InputError
 from cinema.io.study import SAX, CineView, Study
 from cinema.preprocess.model_space import ModelSpaceTransform, from_model_space, to_model_space
 from cinema.preprocess.slices import neighbour_slices
@@ -158,10 +163,10 @@ def ensemble_members(folder: Path) -> list[Path]:
     try:
         spec = yaml.safe_load(spec_file.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"{spec_file}: not valid YAML ({error})") from error
+        raise InputError(f"{spec_file}: not valid YAML ({error})") from error
     members = spec.get("members") if isinstance(spec, dict) else None
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
-        raise ValueError(f"{spec_file}: expected 'members: [folder, ...]' naming at least one model folder")
+        raise InputError(f"{spec_file}: expected 'members: [folder, ...]' naming at least one model folder")
     paths = [(folder / m).resolve() for m in members]
     for path in paths:
         weights_file = path.suffix == ".safetensors" and path.is_file() and (path.parent / "config.yaml").is_file()
@@ -189,7 +194,7 @@ def resolve_weights(weights: str | Path) -> tuple[Path, Path | None]:
         if not config.is_file():
             raise FileNotFoundError(f"{path}: no config.yaml next to the weights file")
         return config, path
-    raise ValueError(f"{path}: expected a model folder, a config.yaml or a .safetensors file")
+    raise InputError(f"{path}: expected a model folder, a config.yaml or a .safetensors file")
 
 
 def config_views(config: dict[str, Any]) -> list[str]:
@@ -203,7 +208,7 @@ def inference_device(device: str | torch.device) -> torch.device:
     """The torch device to run on; a clear error for CUDA on a machine without it."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
+        raise InputError(f"device {device} requested but CUDA is not available")
     return device
 
 
@@ -228,26 +233,26 @@ def load_segmentation_model(weights: str | Path | None = None, device: str | tor
     where = str(weights)
     kind = model_kind(config)
     if kind not in ("unet", "convunetr"):
-        raise ValueError(f"{where}: a {kind} model cannot segment; expected a segmentation U-Net or ConvUNetR")
+        raise InputError(f"{where}: a {kind} model cannot segment; expected a segmentation U-Net or ConvUNetR")
     model_cfg = config.get("model", {})
     views = config_views(config)
     if views != [SAX]:
-        raise ValueError(f"{where}: the model segments {views or 'no view'}; cinema segment needs a SAX model")
+        raise InputError(f"{where}: the model segments {views or 'no view'}; cinema segment needs a SAX model")
     sax = config.get("data", {}).get("sax", {})
     if "patch_size" not in sax:
-        raise ValueError(f"{where}: config.yaml has no data.sax.patch_size")
+        raise InputError(f"{where}: config.yaml has no data.sax.patch_size")
     device = inference_device(device)
     network = load_model(config_path, weights_file, device=device)
     n_dims = int(getattr(network, "n_dims", 3))
     patch = tuple(int(p) for p in sax["patch_size"][:n_dims])
     spacing = tuple(float(s) for s in sax.get("spacing", (1.0, 1.0, 10.0))[:n_dims])
     if len(patch) != n_dims or len(spacing) != n_dims:
-        raise ValueError(f"{where}: data.sax.patch_size / spacing need {n_dims} values for a {n_dims}-D model")
+        raise InputError(f"{where}: data.sax.patch_size / spacing need {n_dims} values for a {n_dims}-D model")
     n_classes = int(model_cfg.get("out_chans", 4))
     context = int(sax.get("context_slices", 0))
     in_chans = int(getattr(network, "in_chans", 1))
     if context < 0 or (context and n_dims != 2) or in_chans != 1 + 2 * context:
-        raise ValueError(
+        raise InputError(
             f"{where}: data.sax.context_slices {context} does not fit a {n_dims}-D network with {in_chans} input "
             "channels (a 2-D model with k context slices takes 1 + 2k channels)"
         )
@@ -258,13 +263,13 @@ def _load_ensemble(folder: Path, device: str | torch.device) -> SegmentationMode
     members = []
     for path in ensemble_members(folder):
         if (path / ENSEMBLE_FILE).is_file():
-            raise ValueError(f"{folder / ENSEMBLE_FILE}: member {path} is itself an ensemble")
+            raise InputError(f"{folder / ENSEMBLE_FILE}: member {path} is itself an ensemble")
         members.append(load_segmentation_model(path, device))
     first = members[0]
     geometry = (first.n_dims, first.spacing, first.patch_size, first.n_classes)
     for member in members[1:]:
         if (member.n_dims, member.spacing, member.patch_size, member.n_classes) != geometry:
-            raise ValueError(
+            raise InputError(
                 f"{folder / ENSEMBLE_FILE}: {member.source} does not share {first.source}'s model space (dimensions, "
                 "spacing, patch size and classes must match to average their probabilities)"
             )
@@ -355,7 +360,7 @@ def _predict_probs(
     x_size, y_size, depth, n_frames = volumes.shape
     patch = model.patch_size
     if rotate and patch[0] != patch[1]:
-        raise ValueError(f"{model.source}: quarter-turn averaging needs a square in-plane patch, got {patch[:2]}")
+        raise InputError(f"{model.source}: quarter-turn averaging needs a square in-plane patch, got {patch[:2]}")
     # test-time transforms of every window: (mirror x, quarter turns), each undone on its softmax before averaging
     flips = (False, True) if mirror else (False,)
     transforms = [(flip, k) for flip in flips for k in ((0, 1, 2, 3) if rotate else (0,))]
@@ -424,20 +429,114 @@ def _model_space(
     return scale_frames(images), transform
 
 
+# The coarse heart search (one frame, no motion; `_coarse_heart`): the in-plane spacing is COARSE_SPACING_FACTOR times
+# the model's, raised up to COARSE_MAX_SPACING_FACTOR times so that the whole field of view fits one window; only the
+# middle third of the slices (at least COARSE_MIN_SLICES) is predicted. Its answer is trusted only when the largest
+# predicted heart component (1) holds at least COARSE_MIN_VOLUME_ML, (2) reaches every predicted slice (a heart runs
+# through the middle of the stack; noise gives blobs in one or two slices) and (3) its voxels' mean heart probability
+# (1 - background) is at least COARSE_MIN_PROBABILITY; otherwise the full sweep runs. The thresholds and what
+# they measured on the 160 shared ACDC frames: docs/model-card.md ("Single frames"), benchmarks/single_frame.py.
+COARSE_SPACING_FACTOR = 2.0
+COARSE_MAX_SPACING_FACTOR = 2.5
+COARSE_MIN_SLICES = 3
+COARSE_MIN_VOLUME_ML = 20.0
+COARSE_MIN_PROBABILITY = 0.8
+
+
+def _largest_component(foreground: np.ndarray) -> np.ndarray | None:
+    """Mask of the largest face-connected component of a boolean array, None when it is all False."""
+    if not foreground.any():
+        return None
+    components, _ = ndimage.label(foreground)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(np.argmax(sizes))
+
+
+def _model_index_to_world(index: np.ndarray, transform: ModelSpaceTransform) -> np.ndarray:
+    return transform.model_affine[:3, :3] @ index + transform.model_affine[:3, 3]
+
+
+def _heart_full_sweep(
+    view: CineView, model: SegmentationModel, frame: int, batch_size: int, amp: bool
+) -> np.ndarray | None:
+    """World centre of the largest foreground component the whole model predicts with sliding windows over the whole
+    field of view of every slice, or None if it finds none."""
+    images, transform = _model_space(view, [frame], model, None, whole_field=True)
+    probs = _predict_probs(model, images, batch_size, amp)
+    heart = _largest_component(probs[..., 0].argmax(axis=0) > 0)
+    return None if heart is None else _model_index_to_world(np.argwhere(heart).mean(axis=0), transform)
+
+
+def _coarse_model(model: SegmentationModel, view: CineView) -> SegmentationModel:
+    """One network of `model` (an ensemble's first member, fed its channels of the ensemble's input; a plain model as
+    it is) at the coarse in-plane spacing for `view`'s field of view."""
+    network = model.network
+    if isinstance(network, ProbabilityAverage):
+        network = ProbabilityAverage([network.members[0]], [network.input_channels[0]]).eval()
+    # the smallest factor in [COARSE_SPACING_FACTOR, COARSE_MAX_SPACING_FACTOR] that fits the field in one window
+    extent = np.asarray(view.spacing[:2]) * np.asarray(view.spatial_shape[:2])
+    fit = float((extent / (np.asarray(model.patch_size[:2]) * np.asarray(model.spacing[:2]))).max()) * (1 + 1e-6)
+    factor = min(COARSE_MAX_SPACING_FACTOR, max(COARSE_SPACING_FACTOR, fit))
+    spacing = tuple(s * factor for s in model.spacing[:2]) + tuple(model.spacing[2:])
+    return SegmentationModel(
+        network,
+        model.n_dims,
+        spacing,
+        model.patch_size,
+        model.n_classes,
+        source=model.source,
+        context_slices=model.context_slices,
+    )
+
+
+def _coarse_heart(
+    view: CineView, model: SegmentationModel, frame: int, batch_size: int, amp: bool
+) -> tuple[np.ndarray | None, str]:
+    """The cheap heart search of a slice-wise model: ``(world centre, "")``, or ``(None, why)`` when it is unsure.
+
+    One network, no test-time transforms, the middle third of the slices (their neighbours as context only), at a
+    coarse in-plane spacing (see COARSE_SPACING_FACTOR); the centre is that of the largest predicted heart component.
+    """
+    coarse = _coarse_model(model, view)
+    images, transform = _model_space(view, [frame], coarse, None, whole_field=True)
+    depth = images.shape[2]
+    count = min(depth, max(COARSE_MIN_SLICES, -(-depth // 3)))
+    start = (depth - count) // 2
+    low, high = max(0, start - coarse.context_slices), min(depth, start + count + coarse.context_slices)
+    probs = _predict_probs(coarse, images[:, :, low:high], batch_size, amp)[..., 0]
+    probs = probs[:, :, :, start - low : start - low + count]
+    heart = _largest_component(probs.argmax(axis=0) > 0)
+    if heart is None:
+        return None, "no heart predicted in the middle slices"
+    volume_ml = float(heart.sum()) * abs(float(np.linalg.det(transform.model_affine[:3, :3]))) / 1000.0
+    if volume_ml < COARSE_MIN_VOLUME_ML:
+        return None, f"largest heart component {volume_ml:.1f} mL < {COARSE_MIN_VOLUME_ML:g} mL"
+    reached = int(heart.any(axis=(0, 1)).sum())
+    if reached < count:
+        return None, f"largest heart component in {reached} of the {count} middle slices"
+    probability = float(1.0 - probs[0][heart].mean())
+    if probability < COARSE_MIN_PROBABILITY:
+        return None, f"mean heart probability {probability:.3f} < {COARSE_MIN_PROBABILITY:g}"
+    index = np.argwhere(heart).mean(axis=0)
+    index[2] += start
+    return _model_index_to_world(index, transform), ""
+
+
 def _heart_from_prediction(
     view: CineView, model: SegmentationModel, frame: int, batch_size: int, amp: bool
 ) -> np.ndarray | None:
-    """World centre of the foreground the network predicts over the whole field of view, or None if it finds none."""
-    images, transform = _model_space(view, [frame], model, None, whole_field=True)
-    probs = _predict_probs(model, images, batch_size, amp)
-    foreground = probs[..., 0].argmax(axis=0) > 0
-    if not foreground.any():
-        return None
-    components, n = ndimage.label(foreground)
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    index = np.argwhere(components == int(np.argmax(sizes))).mean(axis=0)
-    return transform.model_affine[:3, :3] @ index + transform.model_affine[:3, 3]
+    """World centre of the heart the network predicts in one frame, or None if it finds none.
+
+    A slice-wise model first tries the coarse search (`_coarse_heart`); when that is unsure, and always for a 3-D
+    network, the whole model sweeps the whole field of view (`_heart_full_sweep`).
+    """
+    if model.slice_wise:
+        center, unsure = _coarse_heart(view, model, frame, batch_size, amp)
+        if center is not None:
+            return center
+        logger.info("coarse heart search unsure (%s); searching the whole field of view with the full model", unsure)
+    return _heart_full_sweep(view, model, frame, batch_size, amp)
 
 
 def heart_confidence(probs: np.ndarray) -> float:
@@ -538,11 +637,11 @@ class SegmentationPredictor:
             progress: called with the number of frames finished after each group (a progress bar's ``update``).
         """
         if not view.is_sax:
-            raise ValueError(f"{view.source or view.name}: segmentation needs a short-axis (sax) view, got {view.name}")
+            raise InputError(f"{view.source or view.name}: segmentation needs a short-axis (sax) view, got {view.name}")
         frames = list(range(view.n_frames)) if frames is None else [int(f) for f in frames]
         bad = [f for f in frames if not 0 <= f < view.n_frames]
         if not frames or bad:
-            raise ValueError(f"{view.source or 'sax'}: frames {bad or frames} are not among its {view.n_frames} frames")
+            raise InputError(f"{view.source or 'sax'}: frames {bad or frames} are not among its {view.n_frames} frames")
         if center_mm is None:
             center_mm = _heart_from_prediction(view, self.model, frames[0], self.options.batch_size, self.options.amp)
         results: dict[int, np.ndarray] = {}

@@ -26,8 +26,21 @@ COMMANDS: dict[str, str] = {
 }
 
 
-class CinemaError(Exception):
-    """An error a user can act on: printed as one line, exit status 1, no traceback."""
+# exit statuses: 2 for what the user can fix (bad input, options, config or output path; argparse's own usage
+# errors are 2 too), 1 for any other failure, 130 for Ctrl-C
+EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+# errors of the user's paths: a missing or unreadable file is theirs to fix
+_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def __getattr__(name: str) -> type:
+    # `CinemaError` (an error in a command's options) is `cinema.io.errors.InputError`, imported only when a command
+    # needs it: importing cinema.io at start-up would load NumPy, nibabel and pydicom for `cinema --help`
+    if name == "CinemaError":
+        from cinema.io.errors import InputError
+
+        return InputError
+    raise AttributeError(f"module 'cinema.cli' has no attribute {name!r}")
 
 
 def _one_line(err: BaseException) -> str:
@@ -58,14 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._module.run(args) or 0)
-    except (CinemaError, ValueError, OSError, MemoryError) as err:
+    except (ValueError, OSError, MemoryError) as err:
+        # ValueError, OSError and MemoryError that are not InputError may be bugs: one line still, --debug shows more
         if getattr(args, "debug", False):
             raise
+        from cinema.io.errors import InputError
+
         print(f"cinema {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 1
+        return EXIT_INPUT if isinstance(err, (InputError, *_PATH_ERRORS)) else EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"cinema {args.command}: interrupted; nothing half-written was left in place", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cinema.io.errors import InputError
+
 __all__ = ["Exam", "find_exams", "read_exam", "safe_exam_id"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -96,7 +98,7 @@ def _entries_of(source: Path) -> list[dict[str, Any]]:
             return find_studies([source])
         if is_index_file(source):
             return read_index(source)
-        raise ValueError(f"{source}: not an exam, a folder of exams or an index written by `cinema index`")
+        raise InputError(f"{source}: not an exam, a folder of exams or an index written by `cinema index`")
     found = find_studies([source])
     if not found:
         return [

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cinema.cohort.state import MANIFEST, read_marker, read_records, write_marker
+from cinema.io.errors import InputError
 
 __all__ = ["MergeSummary", "merge_cohorts", "shard_folders"]
 
@@ -48,16 +49,16 @@ def shard_folders(sources: Sequence[str | os.PathLike]) -> list[Path]:
             raise FileNotFoundError(f"{source}: no such cohort folder")
         marker = read_marker(path)
         if marker is None:
-            raise ValueError(f"{source}: not a cohort folder (written by `cinema cohort`)")
+            raise InputError(f"{source}: not a cohort folder (written by `cinema cohort`)")
         if "shard" in marker:
             folders.append(path)
         elif "shards" in marker:
             children = sorted(p for p in path.glob("shard-*-of-*") if p.is_dir() and read_marker(p) is not None)
             if not children:
-                raise ValueError(f"{source}: holds no shard folder yet (shard-I-of-N)")
+                raise InputError(f"{source}: holds no shard folder yet (shard-I-of-N)")
             folders.extend(children)
         else:
-            raise ValueError(f"{source}: a merged cohort; merge the shard folders it came from instead")
+            raise InputError(f"{source}: a merged cohort; merge the shard folders it came from instead")
     return folders
 
 
@@ -81,7 +82,7 @@ def merge_cohorts(sources: Sequence[str | os.PathLike], out: str | os.PathLike, 
         if int(marker["shard"][1]) != count:
             problems.append(f"{folder} is shard {marker['shard'][0]}/{marker['shard'][1]}, the others of {count}")
     if problems:
-        raise ValueError("cannot merge: " + "; ".join(dict.fromkeys(problems)))
+        raise InputError("cannot merge: " + "; ".join(dict.fromkeys(problems)))
     by_index: dict[int, list[Path]] = {}
     for folder, marker in markers.items():
         by_index.setdefault(int(marker["shard"][0]), []).append(folder)
@@ -115,7 +116,7 @@ def merge_cohorts(sources: Sequence[str | os.PathLike], out: str | os.PathLike, 
     for folder, left in unfinished.items():
         problems.append(f"missing exam(s) {_named(left)}: planned for {folder} but not finished (run that shard again)")
     if problems:
-        raise ValueError("cannot merge: " + "; ".join(problems))
+        raise InputError("cannot merge: " + "; ".join(problems))
 
     merged = sorted(records.values(), key=lambda r: r["exam_id"])
     home = {r["exam_id"]: Path(r["_folder"]) for r in merged}

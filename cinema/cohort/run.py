@@ -41,6 +41,7 @@ from cinema.cohort.state import (
     release_cohort_folder,
     write_marker,
 )
+from cinema.io.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -502,9 +503,9 @@ def run_cohort(
 
     settings = settings or CohortSettings()
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise InputError(f"--workers must be >= 1, got {workers}")
     if not inputs:
-        raise ValueError("no INPUT given: name exams, folders of exams or `cinema index` files")
+        raise InputError("no INPUT given: name exams, folders of exams or `cinema index` files")
     if settings.weights is not None and not Path(settings.weights).exists():
         raise FileNotFoundError(f"weights not found: {settings.weights}")
     the_shard = select_shard(shard, environ)

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from cinema.io.errors import InputError
+
 __all__ = ["Shard", "parse_shard", "resolve_device", "select_shard", "shard_items"]
 
 T = TypeVar("T")
@@ -30,7 +32,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"shard {self.index}/{self.count} ({self.source}): expected 0 <= I < N")
+            raise InputError(f"shard {self.index}/{self.count} ({self.source}): expected 0 <= I < N")
 
     @property
     def folder_name(self) -> str:
@@ -45,7 +47,7 @@ def parse_shard(text: str) -> Shard:
     """``"I/N"`` -> `Shard` (0-based I)."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if match is None:
-        raise ValueError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+        raise InputError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
     return Shard(int(match.group(1)), int(match.group(2)), "--shard")
 
 
@@ -56,7 +58,7 @@ def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> i
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+        raise InputError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def select_shard(shard: str | None = None, environ: Mapping[str, str] | None = None) -> Shard:
@@ -69,12 +71,12 @@ def select_shard(shard: str | None = None, environ: Mapping[str, str] | None = N
         low = _int(environ, "SLURM_ARRAY_TASK_MIN", 0)
         step = _int(environ, "SLURM_ARRAY_TASK_STEP", 1) or 1
         if (task - low) % step:
-            raise ValueError(
+            raise InputError(
                 f"SLURM array task {task} is not on the array's grid (min {low}, step {step}); pass --shard I/N"
             )
         index = (task - low) // step
         if not 0 <= index < count:
-            raise ValueError(
+            raise InputError(
                 f"SLURM array task {task} is task {index} of an array of {count} (min {low}, step {step}): use a "
                 "contiguous array such as --array=0-{count - 1}, or pass --shard I/N"
             )

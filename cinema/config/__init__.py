@@ -18,6 +18,7 @@ from typing import Any
 from cinema.config.checks import validate, validate_pretrain
 from cinema.config.parse import apply_overrides, build_dataclass, merge_dicts, read_yaml_mapping
 from cinema.config.schema import FinetuneConfig, PretrainConfig
+from cinema.io.errors import InputError
 
 __all__ = [
     "FinetuneConfig",
@@ -47,7 +48,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Finetun
     try:
         return config_from_dict(values, overrides)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise InputError(f"{path}: {err}") from err
 
 
 def pretrain_config_from_dict(values: dict[str, Any], overrides: list[str] | None = None) -> PretrainConfig:
@@ -65,4 +66,4 @@ def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -
     try:
         return pretrain_config_from_dict(read_yaml_mapping(path), overrides)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise InputError(f"{path}: {err}") from err

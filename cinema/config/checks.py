@@ -19,11 +19,12 @@ from cinema.config.schema import (
     FinetuneConfig,
     PretrainConfig,
 )
+from cinema.io.errors import InputError
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise InputError(message)
 
 
 def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of independent checks reads best

@@ -39,6 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from cinema.io.errors import InputError
+
 __all__ = [
     "DENSE_TASKS",
     "MODEL_CONFIGS",
@@ -78,7 +80,7 @@ def _field(config: Mapping[str, Any], dotted: str, default: Any = _REQUIRED) -> 
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node or node[part] is None:
             if default is _REQUIRED:
-                raise ValueError(f"config is missing required field {dotted!r}")
+                raise InputError(f"config is missing required field {dotted!r}")
             return default
         node = node[part]
     return node
@@ -88,19 +90,19 @@ def _int(value: Any, name: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"config field {name!r} must be an integer, got {value!r}") from None
+        raise InputError(f"config field {name!r} must be an integer, got {value!r}") from None
 
 
 def _float(value: Any, name: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"config field {name!r} must be a number, got {value!r}") from None
+        raise InputError(f"config field {name!r} must be a number, got {value!r}") from None
 
 
 def _ints(value: Any, name: str) -> list[int]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise ValueError(f"config field {name!r} must be a list of integers, got {value!r}")
+        raise InputError(f"config field {name!r} must be a list of integers, got {value!r}")
     return [_int(v, name) for v in value]
 
 
@@ -108,42 +110,42 @@ def _int_list(value: Any, name: str) -> list[int]:
     try:
         out = [int(v) for v in value]
     except (TypeError, ValueError):
-        raise ValueError(f"config field {name!r} must be a list of integers, got {value!r}") from None
+        raise InputError(f"config field {name!r} must be a list of integers, got {value!r}") from None
     if not out or any(v <= 0 for v in out):
-        raise ValueError(f"config field {name!r} must be a non-empty list of positive integers, got {value!r}")
+        raise InputError(f"config field {name!r} must be a non-empty list of positive integers, got {value!r}")
     return out
 
 
 def _number(value: Any, name: str) -> int | float:
     """A real number, returned as it was (an int stays an int, so it is written back unchanged)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"config field {name!r} must be a number, got {value!r}")
+        raise InputError(f"config field {name!r} must be a number, got {value!r}")
     return value
 
 
 def _numbers(value: Any, name: str) -> list[int | float]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
-        raise ValueError(f"config field {name!r} must be a non-empty list of numbers, got {value!r}")
+        raise InputError(f"config field {name!r} must be a non-empty list of numbers, got {value!r}")
     return [_number(v, name) for v in value]
 
 
 def _size(config: Mapping[str, Any], name: str) -> str:
     size = str(_field(config, name))
     if size not in VIT_SIZES:
-        raise ValueError(f"config field {name!r} is {size!r}; expected one of {list(VIT_SIZES)}")
+        raise InputError(f"config field {name!r} is {size!r}; expected one of {list(VIT_SIZES)}")
     return size
 
 
 def _views(config: Mapping[str, Any]) -> list[str]:
     views = _field(config, "model.views")
     if not isinstance(views, str | Sequence):
-        raise ValueError(f"config field 'model.views' must be a view or a list of views, got {views!r}")
+        raise InputError(f"config field 'model.views' must be a view or a list of views, got {views!r}")
     views = [views] if isinstance(views, str) else list(views)
     if not views:
-        raise ValueError("config field 'model.views' is empty")
+        raise InputError("config field 'model.views' is empty")
     for view in views:
         if view not in VIEWS:
-            raise ValueError(f"config field 'model.views' has unknown view {view!r}; expected some of {list(VIEWS)}")
+            raise InputError(f"config field 'model.views' has unknown view {view!r}; expected some of {list(VIEWS)}")
     return views
 
 
@@ -152,7 +154,7 @@ def _task(config: Mapping[str, Any], allowed: tuple[str, ...], default: str | No
     if task is None:
         return default
     if task not in allowed:
-        raise ValueError(f"config field 'task' is {task!r}; this model does {' or '.join(allowed)}")
+        raise InputError(f"config field 'task' is {task!r}; this model does {' or '.join(allowed)}")
     return str(task)
 
 
@@ -175,7 +177,7 @@ def _view_data(config: Mapping[str, Any], views: list[str]) -> _ViewData:
         size = _int_list(_field(config, f"data.{key}.patch_size"), f"data.{key}.patch_size")
         n_dims = 3 if view == "sax" else 2
         if len(size) != n_dims:
-            raise ValueError(f"config field 'data.{key}.patch_size' must have {n_dims} values for {view}")
+            raise InputError(f"config field 'data.{key}.patch_size' must have {n_dims} values for {view}")
         out.image_size[view] = size
         out.in_chans[view] = _int(_field(config, f"data.{key}.in_chans", 1), f"data.{key}.in_chans")
         spacing = _field(config, f"data.{key}.spacing", None)
@@ -188,7 +190,7 @@ def _view_data(config: Mapping[str, Any], views: list[str]) -> _ViewData:
 def _context_slices(config: Mapping[str, Any], key: str) -> int | None:
     value = _field(config, f"data.{key}.context_slices", None)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"config field 'data.{key}.context_slices' must be a whole number >= 0, got {value!r}")
+        raise InputError(f"config field 'data.{key}.context_slices' must be a whole number >= 0, got {value!r}")
     return value
 
 
@@ -209,7 +211,7 @@ def _head(config: Mapping[str, Any], require_out: bool = True) -> _Head:
     if class_column is not None:
         classes = _field(config, f"data.{class_column}")
         if isinstance(classes, str | bytes) or not isinstance(classes, Sequence) or len(classes) == 0:
-            raise ValueError(f"config field 'data.{class_column}' must be the non-empty list of class names")
+            raise InputError(f"config field 'data.{class_column}' must be the non-empty list of class names")
         return _Head(len(classes), class_column=str(class_column), classes=list(classes))
     column = _field(config, "data.regression_column", None)
     if column is not None:
@@ -286,18 +288,18 @@ def _per_view(value: int | Mapping[str, int], views: Sequence[str]) -> dict[str,
         return {v: value for v in views}
     missing = [v for v in views if v not in value]
     if missing:
-        raise ValueError(f"in_chans {dict(value)} has no entry for {missing}")
+        raise InputError(f"in_chans {dict(value)} has no entry for {missing}")
     return {v: value[v] for v in views}
 
 
 def _check_head(cfg: Any) -> None:
     if cfg.class_column is not None:
         if not cfg.classes:
-            raise ValueError(f"{type(cfg).__name__}: class_column {cfg.class_column!r} needs its class list")
+            raise InputError(f"{type(cfg).__name__}: class_column {cfg.class_column!r} needs its class list")
         if cfg.out_chans != len(cfg.classes):
-            raise ValueError(f"{type(cfg).__name__}: out_chans {cfg.out_chans} != {len(cfg.classes)} classes")
+            raise InputError(f"{type(cfg).__name__}: out_chans {cfg.out_chans} != {len(cfg.classes)} classes")
     elif cfg.regression_column is not None and cfg.out_chans != 1:
-        raise ValueError(f"{type(cfg).__name__}: a regression model has 1 output, not {cfg.out_chans}")
+        raise InputError(f"{type(cfg).__name__}: a regression model has 1 output, not {cfg.out_chans}")
 
 
 class _Official:
@@ -314,9 +316,9 @@ class _Official:
         """Read an official config.yaml dict: this family's fields, the released defaults filled in. A ValueError
         names the offending key. The mapping is kept as ``source``, so `to_dict` keeps its other keys."""
         if not isinstance(config, Mapping):
-            raise ValueError(f"an official model config must be a mapping, got {type(config).__name__}")
+            raise InputError(f"an official model config must be a mapping, got {type(config).__name__}")
         if not isinstance(_field(config, "model"), Mapping):
-            raise ValueError("config field 'model' must be a mapping")
+            raise InputError("config field 'model' must be a mapping")
         out = cls._read(config)
         out.source = copy.deepcopy(dict(config))
         return out
@@ -460,7 +462,7 @@ class ConvUNetRModelConfig(_Official):
         for name in self._LISTS:
             setattr(self, name, list(getattr(self, name)))
         if self.task not in DENSE_TASKS:
-            raise ValueError(f"ConvUNetR does {' or '.join(DENSE_TASKS)}, not {self.task!r}")
+            raise InputError(f"ConvUNetR does {' or '.join(DENSE_TASKS)}, not {self.task!r}")
 
     @property
     def views(self) -> list[str]:
@@ -565,7 +567,7 @@ class ConvViTModelConfig(_Official):
         if self.classes is not None:
             self.classes = list(self.classes)
         if self.task is not None and self.task not in POOLED_TASKS:
-            raise ValueError(f"ConvViT does {', '.join(POOLED_TASKS)}, not {self.task!r}")
+            raise InputError(f"ConvViT does {', '.join(POOLED_TASKS)}, not {self.task!r}")
         _check_head(self)
 
     @property
@@ -645,26 +647,26 @@ class ConvViTModelConfig(_Official):
 def _section(config: Mapping[str, Any], key: str, where: str | None = None) -> Mapping[str, Any]:
     value = config.get(key)
     if not isinstance(value, Mapping):
-        raise ValueError(f"config is missing the section {where or key!r}")
+        raise InputError(f"config is missing the section {where or key!r}")
     return value
 
 
 def _required(section: Mapping[str, Any], key: str, where: str) -> Any:
     if section.get(key) is None:
-        raise ValueError(f"config is missing the field {where}.{key}")
+        raise InputError(f"config is missing the field {where}.{key}")
     return section[key]
 
 
 def _single_view(model_cfg: Mapping[str, Any], model_name: str) -> str:
     views = model_cfg.get("views", model_cfg.get("view"))
     if views is None:
-        raise ValueError("config is missing the field model.views")
+        raise InputError("config is missing the field model.views")
     views = [views] if isinstance(views, str) else list(views)
     if len(views) != 1:
-        raise ValueError(f"{model_name} supports a single view, config model.views lists {views}")
+        raise InputError(f"{model_name} supports a single view, config model.views lists {views}")
     view = str(views[0])
     if view not in VIEWS:
-        raise ValueError(f"config field 'model.views' has unknown view {view!r}; expected one of {list(VIEWS)}")
+        raise InputError(f"config field 'model.views' has unknown view {view!r}; expected one of {list(VIEWS)}")
     return view
 
 
@@ -705,7 +707,7 @@ class UNetModelConfig(_Official):
             if getattr(self, name) is not None:
                 setattr(self, name, list(getattr(self, name)))
         if self.task not in DENSE_TASKS:
-            raise ValueError(f"UNet does {' or '.join(DENSE_TASKS)}, not {self.task!r}")
+            raise InputError(f"UNet does {' or '.join(DENSE_TASKS)}, not {self.task!r}")
 
     @classmethod
     def _read(cls, config: Mapping[str, Any]) -> UNetModelConfig:
@@ -715,7 +717,7 @@ class UNetModelConfig(_Official):
         data = _section(config, "data")
         key = "lax" if view != "sax" and view not in data and "lax" in data else view
         if not isinstance(data.get(key), Mapping):
-            raise ValueError(f"config is missing the section 'data.{key}' for view {view!r}")
+            raise InputError(f"config is missing the section 'data.{key}' for view {view!r}")
         view_cfg = data[key]
         spacing = view_cfg.get("spacing")
         n_dims = unet_cfg.get("n_dims")
@@ -723,7 +725,7 @@ class UNetModelConfig(_Official):
             n_dims = len(spacing) if isinstance(spacing, Sequence) else (3 if view == "sax" else 2)
         n_dims = _int(n_dims, "model.unet.n_dims")
         if n_dims not in (2, 3):
-            raise ValueError(f"config field 'model.unet.n_dims' must be 2 or 3, got {n_dims}")
+            raise InputError(f"config field 'model.unet.n_dims' must be 2 or 3, got {n_dims}")
         image_size = view_cfg.get("patch_size")
 
         def factor(name: str) -> list[int]:
@@ -829,7 +831,7 @@ class ResNetModelConfig(_Official):
             if getattr(self, name) is not None:
                 setattr(self, name, list(getattr(self, name)))
         if self.task not in POOLED_TASKS:
-            raise ValueError(f"ResNet does {', '.join(POOLED_TASKS)}, not {self.task!r}")
+            raise InputError(f"ResNet does {', '.join(POOLED_TASKS)}, not {self.task!r}")
         _check_head(self)
 
     @classmethod
@@ -842,17 +844,17 @@ class ResNetModelConfig(_Official):
         key = "sax" if view == "sax" else ("lax" if "lax" in data else view)
         view_cfg = data.get(key)
         if not isinstance(view_cfg, Mapping) or view_cfg.get("in_chans") is None:
-            raise ValueError(f"config is missing the field data.{key}.in_chans")
+            raise InputError(f"config is missing the field data.{key}.in_chans")
         if data.get("class_column") is not None:
             classes = data.get(data["class_column"])
             if not isinstance(classes, Sequence) or isinstance(classes, str) or not classes:
-                raise ValueError(
+                raise InputError(
                     f"config data.class_column is {data['class_column']!r} but data.{data['class_column']} "
                     "is not a non-empty list of classes"
                 )
         head = _head(config, require_out=False)
         if head.out_chans is None:
-            raise ValueError("config sets none of data.class_column, data.regression_column, model.out_chans")
+            raise InputError("config sets none of data.class_column, data.regression_column, model.out_chans")
         spacing, image_size = view_cfg.get("spacing"), view_cfg.get("patch_size")
         grad_ckpt = config.get("grad_ckpt")
         return cls(
@@ -916,19 +918,19 @@ MODEL_CONFIGS: dict[str, type] = {
 def model_kind(config: Mapping[str, Any]) -> str:
     """ "mae", "convunetr", "convvit", "unet" or "resnet" (see the module docstring)."""
     if not isinstance(config, Mapping):
-        raise ValueError(f"an official model config must be a mapping, got {type(config).__name__}")
+        raise InputError(f"an official model config must be a mapping, got {type(config).__name__}")
     if not isinstance(_field(config, "model"), Mapping):
-        raise ValueError("config field 'model' must be a mapping")
+        raise InputError("config field 'model' must be a mapping")
     name = _field(config, "model.name", None)
     if name is not None:
         if name not in _MODEL_NAMES:
-            raise ValueError(f"config field 'model.name' is {name!r}; expected one of {list(_MODEL_NAMES)}")
+            raise InputError(f"config field 'model.name' is {name!r}; expected one of {list(_MODEL_NAMES)}")
         return str(name)
     task = config.get("task")
     if task is None:
         return "mae"
     if task not in _TASK_KINDS:
-        raise ValueError(f"cannot tell the model from task {task!r} without 'model.name'")
+        raise InputError(f"cannot tell the model from task {task!r} without 'model.name'")
     return _TASK_KINDS[task]
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from cinema.io.errors import InputError
+
 _MISSING = object()
 
 
@@ -50,13 +52,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _convert(value, inner, key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"config key '{key}': expected a mapping, got {value!r}")
+            raise InputError(f"config key '{key}': expected a mapping, got {value!r}")
         return _build(tp, value, key)
     if origin is list:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise ValueError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+            raise InputError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
         (inner,) = typing.get_args(tp)
         return [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
@@ -87,7 +89,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # ids such as 1 or 2024 written without quotes
-    raise ValueError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    raise InputError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
@@ -98,14 +100,14 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             full = f"{prefix}.{key}" if prefix else str(key)
             hint = difflib.get_close_matches(str(key), names, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (valid keys: {', '.join(names)})"
-            raise ValueError(f"unknown config key '{full}'{suggestion}")
+            raise InputError(f"unknown config key '{full}'{suggestion}")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         full = f"{prefix}.{f.name}" if prefix else f.name
         if f.name in values:
             kwargs[f.name] = _convert(values[f.name], hints[f.name], full)
         elif f.default is _MISSING:
-            raise ValueError(f"missing required config key '{full}'")
+            raise InputError(f"missing required config key '{full}'")
     return cls(**kwargs)
 
 
@@ -114,21 +116,21 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
+            raise InputError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
         key, text = item.split("=", 1)
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
-            raise ValueError(f"override {item!r} has an empty key")
+            raise InputError(f"override {item!r} has an empty key")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as err:
-            raise ValueError(f"override {item!r}: value is not valid YAML ({err})") from err
+            raise InputError(f"override {item!r}: value is not valid YAML ({err})") from err
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ValueError(f"override {item!r} conflicts with an earlier override of '{part}'")
+                raise InputError(f"override {item!r} conflicts with an earlier override of '{part}'")
             node = child
         node[parts[-1]] = value
     return nested
@@ -147,7 +149,7 @@ def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def apply_overrides(values: dict[str, Any], overrides: list[str] | None = None) -> dict[str, Any]:
     """The config mapping with dotted ``key=value`` overrides merged in (the input is never modified)."""
     if not isinstance(values, dict):
-        raise ValueError(f"a config must be a mapping at the top level, got {type(values).__name__}")
+        raise InputError(f"a config must be a mapping at the top level, got {type(values).__name__}")
     if overrides:
         values = merge_dicts(values, parse_overrides(overrides))
     return values
@@ -169,7 +171,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from err
+        raise InputError(f"{path}: not valid YAML ({err})") from err
     return values or {}
 
 

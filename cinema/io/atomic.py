@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cinema.io.errors import InputError
+
 __all__ = [
     "OUTPUT_MARKER",
     "OutputRefused",
@@ -47,7 +49,7 @@ OUTPUT_MARKER = ".cinema-output"
 _TEMP_TAGS = ("tmp", "old")
 
 
-class OutputRefused(ValueError):
+class OutputRefused(InputError):
     """An output path that would replace or hold something cinema did not write; nothing has been written."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from cinema.io.errors import InputError
 from cinema.io.nifti import load_nifti, read_label_nifti, read_nifti_cine
 from cinema.io.study import SAX, VIEW_NAMES, CineView, Study
 
@@ -59,19 +60,19 @@ def read_acdc_info(folder: str | os.PathLike) -> dict[str, Any]:
         if not line.strip():
             continue
         if ":" not in line:
-            raise ValueError(f"{cfg}: line {line_number} is not 'key: value': {line!r}")
+            raise InputError(f"{cfg}: line {line_number} is not 'key: value': {line!r}")
         key, value = line.split(":", 1)
         fields[key.strip()] = value.strip()
     info: dict[str, Any] = {"patient_id": folder.name}
     for key in ("ED", "ES", "NbFrame"):
         if key not in fields:
-            raise ValueError(f"{cfg}: missing {key}")
+            raise InputError(f"{cfg}: missing {key}")
         try:
             number = int(float(fields[key]))
         except ValueError as err:
-            raise ValueError(f"{cfg}: {key} is not a number: {fields[key]!r}") from err
+            raise InputError(f"{cfg}: {key} is not a number: {fields[key]!r}") from err
         if number < 1:
-            raise ValueError(f"{cfg}: {key} must be >= 1 (1-based), got {number}")
+            raise InputError(f"{cfg}: {key} must be >= 1 (1-based), got {number}")
         info[key] = number
     info["ed_frame"], info["es_frame"], info["n_frames"] = info.pop("ED") - 1, info.pop("ES") - 1, info.pop("NbFrame")
     info["group"] = fields.get("Group")
@@ -87,7 +88,7 @@ def read_acdc_info(folder: str | os.PathLike) -> dict[str, Any]:
     info["frames"] = frames
     info["cine"] = cine[0] if cine else None
     if info["cine"] is None and not frames:
-        raise ValueError(f"{folder}: ACDC folder has neither a _4d cine nor _frameNN images")
+        raise InputError(f"{folder}: ACDC folder has neither a _4d cine nor _frameNN images")
     return info
 
 
@@ -112,18 +113,18 @@ def read_acdc_patient(folder: str | os.PathLike) -> Study:
         for frame in stored:
             data, frame_affine, _ = load_nifti(frames[frame][0])
             if data.ndim != 3:
-                raise ValueError(f"{frames[frame][0]}: expected a 3-D frame, got shape {data.shape}")
+                raise InputError(f"{frames[frame][0]}: expected a 3-D frame, got shape {data.shape}")
             if affine is None:
                 affine = frame_affine
             elif not _same_geometry(affine, frame_affine) or data.shape != volumes[0].shape:
-                raise ValueError(f"{frames[frame][0]}: geometry differs from the other frames of {folder}")
+                raise InputError(f"{frames[frame][0]}: geometry differs from the other frames of {folder}")
             volumes.append(data.astype(np.float32))
         image = np.stack(volumes, axis=-1)
         frame_indices = stored
     position = {frame: i for i, frame in enumerate(stored)}
     for key in ("ed_frame", "es_frame"):
         if info[key] not in position:
-            raise ValueError(f"{folder}: Info.cfg {key[:2].upper()} frame {info[key] + 1} has no image")
+            raise InputError(f"{folder}: Info.cfg {key[:2].upper()} frame {info[key] + 1} has no image")
     labels = {}
     for frame, (_, label_path) in frames.items():
         if label_path is not None and frame in position:
@@ -165,14 +166,14 @@ def read_mnms_table(csv_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     for row in rows:
         code = (row.get("External code") or row.get("pid") or "").strip()
         if not code:
-            raise ValueError(f"{csv_path}: a row has no 'External code' (subject) value")
+            raise InputError(f"{csv_path}: a row has no 'External code' (subject) value")
         table[code] = {k: parse_number(v) for k, v in row.items() if k and k.strip() and v not in (None, "")}
     return table
 
 
 def _remap_mnms_labels(labels: np.ndarray, path: Path) -> np.ndarray:
     if labels.size and labels.max() > 3:
-        raise ValueError(f"{path}: M&Ms labels must be in 0..3, found {int(labels.max())}")
+        raise InputError(f"{path}: M&Ms labels must be in 0..3, found {int(labels.max())}")
     return MNMS_TO_CINEMA_LABELS[labels]
 
 
@@ -204,7 +205,7 @@ def read_mnms_subject(
         if stacked.ndim == 3:
             stacked = stacked[..., None]
         if stacked.shape[-1] != view.n_frames:
-            raise ValueError(f"{label_path}: {stacked.shape[-1]} label frames for {view.n_frames} image frames")
+            raise InputError(f"{label_path}: {stacked.shape[-1]} label frames for {view.n_frames} image frames")
         stacked = _remap_mnms_labels(stacked, label_path)
         labelled = [t for t in range(view.n_frames) if stacked[..., t].any()]
         labels = {t: stacked[..., t] for t in labelled}
@@ -219,7 +220,7 @@ def _matching_frame(cine: CineView, volume: np.ndarray, path: Path) -> int:
     for t in range(cine.n_frames):
         if np.array_equal(cine.frame(t), volume):
             return t
-    raise ValueError(f"{path}: no frame of the cine equals this volume, cannot place it in time")
+    raise InputError(f"{path}: no frame of the cine equals this volume, cannot place it in time")
 
 
 def _read_mnms2_view(folder: Path, subject: str, prefix: str, name: str) -> tuple[CineView, int | None, int | None]:
@@ -291,9 +292,9 @@ def _read_csv_rows(csv_path: Path) -> list[dict[str, str]]:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except (UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{csv_path}: not a readable CSV file ({err})") from err
+        raise InputError(f"{csv_path}: not a readable CSV file ({err})") from err
     if not rows:
-        raise ValueError(f"{csv_path}: CSV has no rows")
+        raise InputError(f"{csv_path}: CSV has no rows")
     return rows
 
 
@@ -321,7 +322,7 @@ def read_manifest_row(row: dict[str, str], base_dir: str | os.PathLike, where: s
             try:
                 value = int(float(row[key]))
             except ValueError as err:
-                raise ValueError(f"{where}: {key} is not a frame index: {row[key]!r}") from err
+                raise InputError(f"{where}: {key} is not a frame index: {row[key]!r}") from err
             ed_frame, es_frame = (value, es_frame) if key == "ed_frame" else (ed_frame, value)
     for name in VIEW_NAMES:
         label_columns = (f"{name}_label", f"{name}_label_ed", f"{name}_label_es")
@@ -331,7 +332,7 @@ def read_manifest_row(row: dict[str, str], base_dir: str | os.PathLike, where: s
         if not any(row.get(c) for c in label_columns):
             continue
         if name not in views:
-            raise ValueError(f"{where}: labels given for {name} but no {name} image")
+            raise InputError(f"{where}: labels given for {name} but no {name} image")
         view = views[name]
         labels = dict(view.labels)
         if row.get(f"{name}_label"):
@@ -340,13 +341,13 @@ def read_manifest_row(row: dict[str, str], base_dir: str | os.PathLike, where: s
             if stacked.ndim == len(view.spatial_shape):
                 stacked = stacked[..., None]
             if stacked.shape[-1] != view.n_frames:
-                raise ValueError(f"{path}: {stacked.shape[-1]} label frames for {view.n_frames} image frames")
+                raise InputError(f"{path}: {stacked.shape[-1]} label frames for {view.n_frames} image frames")
             labels.update({t: stacked[..., t] for t in range(view.n_frames) if stacked[..., t].any()})
         for phase, frame in (("ed", ed_frame), ("es", es_frame)):
             if row.get(f"{name}_label_{phase}"):
                 path = _resolve(base, row[f"{name}_label_{phase}"])
                 if frame is None:
-                    raise ValueError(f"{path}: {phase.upper()} label given but the row has no {phase}_frame")
+                    raise InputError(f"{path}: {phase.upper()} label given but the row has no {phase}_frame")
                 labels[frame] = read_label_nifti(path, view.spatial_shape, view.affine).reshape(view.spatial_shape)
         views[name] = CineView(
             image=view.image,
@@ -358,7 +359,7 @@ def read_manifest_row(row: dict[str, str], base_dir: str | os.PathLike, where: s
             name=name,
         )
     if not views:
-        raise ValueError(f"{where}: row has no image column (path, sax, lax_2c, lax_3c, lax_4c)")
+        raise InputError(f"{where}: row has no image column (path, sax, lax_2c, lax_3c, lax_4c)")
     metadata.update({k: parse_number(v) for k, v in row.items() if k not in used and v != ""})
     if study_id:
         metadata["study_id"] = study_id
@@ -371,7 +372,7 @@ def read_manifest(csv_path: str | os.PathLike) -> Iterator[Study]:
     rows = _read_csv_rows(csv_path)
     columns = set(rows[0])
     if not columns & {"path", *VIEW_NAMES}:
-        raise ValueError(f"{csv_path}: manifest needs a 'path' or a view column ({', '.join(VIEW_NAMES)})")
+        raise InputError(f"{csv_path}: manifest needs a 'path' or a view column ({', '.join(VIEW_NAMES)})")
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         yield read_manifest_row(row, csv_path.parent, where=f"{csv_path}:{number}")
 
@@ -381,4 +382,4 @@ def nifti_shape(path: str | os.PathLike) -> tuple[int, ...]:
     try:
         return tuple(int(n) for n in nib.load(str(path)).shape)
     except Exception as err:
-        raise ValueError(f"{path}: unreadable NIfTI header ({type(err).__name__}: {err})") from err
+        raise InputError(f"{path}: unreadable NIfTI header ({type(err).__name__}: {err})") from err

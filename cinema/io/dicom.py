@@ -46,6 +46,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, DSdecimal, DSfloat
 
+from cinema.io.errors import InputError
 from cinema.io.privacy import pseudonymise_uid
 from cinema.io.study import LAX_VIEWS, SAX, CineView, Study
 
@@ -160,9 +161,9 @@ class _Image:
             samples = int(self.dataset.get("SamplesPerPixel", 1) or 1)
             bits = int(self.dataset.get("BitsAllocated", 0) or 0)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{self.path}: malformed SamplesPerPixel/BitsAllocated ({err})") from err
+            raise InputError(f"{self.path}: malformed SamplesPerPixel/BitsAllocated ({err})") from err
         if samples < 1 or bits not in (1, 8, 16, 32, 64):
-            raise ValueError(f"{self.path}: unsupported pixel layout (SamplesPerPixel {samples}, BitsAllocated {bits})")
+            raise InputError(f"{self.path}: unsupported pixel layout (SamplesPerPixel {samples}, BitsAllocated {bits})")
         rows, columns = self.shape
         n_bytes = (rows * columns * samples * bits + 7) // 8
         check_decoded_size(self.path, n_bytes, f"the pixel data ({rows} rows × {columns} columns × {bits} bits)")
@@ -178,7 +179,7 @@ class _Image:
             # pydicom silently drops excess bytes: a header that lies about the size would shear the image.
             held = len(self.dataset.PixelData or b"")
             if held not in (n_bytes, n_bytes + 1):  # + 1: the pad byte that keeps a DICOM value even-length
-                raise ValueError(
+                raise InputError(
                     f"{self.path}: pixel data holds {held} bytes, but Rows × Columns × SamplesPerPixel × "
                     f"BitsAllocated/8 = {rows} × {columns} × {samples} × {bits}/8 = {n_bytes}"
                 )
@@ -196,9 +197,9 @@ class _Image:
         except MemoryError:
             raise out_of_memory(self.path, n_bytes, "the decoded pixel data") from None
         except Exception as err:  # pydicom raises assorted types for missing/short/compressed pixel data
-            raise ValueError(f"{self.path}: cannot decode pixel data ({type(err).__name__}: {err})") from err
+            raise InputError(f"{self.path}: cannot decode pixel data ({type(err).__name__}: {err})") from err
         if array.shape != self.shape:
-            raise ValueError(f"{self.path}: pixel data has shape {array.shape}, expected {self.shape}")
+            raise InputError(f"{self.path}: pixel data has shape {array.shape}, expected {self.shape}")
         slope = _optional_float(self.dataset, "RescaleSlope")
         intercept = _optional_float(self.dataset, "RescaleIntercept")
         # Overflow becomes inf, refused below with the file's name; NumPy's warnings would only repeat it unnamed.
@@ -209,7 +210,7 @@ class _Image:
             if intercept:
                 array = array + np.float32(intercept)
         if not np.isfinite(array).all():
-            raise ValueError(f"{self.path}: pixel values are not finite after rescaling")
+            raise InputError(f"{self.path}: pixel values are not finite after rescaling")
         return array.T
 
 
@@ -240,12 +241,12 @@ def _read_dataset_bounded(path: Path, file: Any) -> Dataset:
     while not inflater.eof:
         pending = pending or file.read(chunk_bytes)
         if not pending:
-            raise ValueError(f"{path}: unreadable DICOM file (the deflated data set is truncated)")
+            raise InputError(f"{path}: unreadable DICOM file (the deflated data set is truncated)")
         chunk = inflater.decompress(pending, chunk_bytes)
         pending = inflater.unconsumed_tail
         inflated += len(chunk)
         if inflated > limit:
-            raise ValueError(
+            raise InputError(
                 f"{path}: the deflated DICOM data set inflates to more than the limit of {format_bytes(limit)} per "
                 f"image file (raise it with {ENV_MAX_IMAGE_MB} if the file is genuine)"
             )
@@ -275,7 +276,7 @@ def _read_image(path: Path) -> _Image | str:
                         holder[tag]
                     except Exception as err:
                         if not tag.is_private:
-                            raise ValueError(f"{path}: unreadable DICOM element {tag} ({err})") from err
+                            raise InputError(f"{path}: unreadable DICOM element {tag} ({err})") from err
                         del holder[tag]  # never read here: a damaged vendor element costs nothing
     except OSError as err:
         raise read_error(path, err) from err
@@ -284,14 +285,14 @@ def _read_image(path: Path) -> _Image | str:
     except Exception as err:  # pydicom raises many types for a damaged file; ours already name it
         if isinstance(err, ValueError) and str(err).startswith(f"{path}: "):
             raise
-        raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
+        raise InputError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
     if "PixelData" not in dataset:
         # pydicom returns what it parsed before a truncation; an image object without pixels is a damaged file.
         sop_class = dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID")
         if sop_class is None:
-            raise ValueError(f"{path}: unreadable DICOM file (no SOP class, no pixel data)")
+            raise InputError(f"{path}: unreadable DICOM file (no SOP class, no pixel data)")
         if "Rows" in dataset or "ImagePositionPatient" in dataset or "Image Storage" in getattr(sop_class, "name", ""):
-            raise ValueError(f"{path}: image without pixel data (truncated file?)")
+            raise InputError(f"{path}: image without pixel data (truncated file?)")
         return "not an image (no pixel data)"
     position = _float_list(dataset, "ImagePositionPatient")
     orientation = _float_list(dataset, "ImageOrientationPatient")
@@ -301,11 +302,11 @@ def _read_image(path: Path) -> _Image | str:
         n_frames = int(dataset.get("NumberOfFrames", 1) or 1)
         rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
     except (TypeError, ValueError) as err:  # a multi-valued or non-numeric element
-        raise ValueError(f"{path}: malformed NumberOfFrames/Rows/Columns ({err})") from err
+        raise InputError(f"{path}: malformed NumberOfFrames/Rows/Columns ({err})") from err
     if n_frames > 1:
-        raise ValueError(f"{path}: enhanced multi-frame DICOM is not supported; export classic single-frame images")
+        raise InputError(f"{path}: enhanced multi-frame DICOM is not supported; export classic single-frame images")
     if len(position) != 3 or len(orientation) != 6 or not np.isfinite(position + orientation).all():
-        raise ValueError(f"{path}: malformed ImagePositionPatient/ImageOrientationPatient")
+        raise InputError(f"{path}: malformed ImagePositionPatient/ImageOrientationPatient")
     orientation_array = np.asarray(orientation)
     row_dir, col_dir = orientation_array[:3], orientation_array[3:]
     with np.errstate(all="ignore"):  # huge values overflow to inf and fail the test; no need for NumPy's warning
@@ -315,16 +316,16 @@ def _read_image(path: Path) -> _Image | str:
             or abs(row_dir @ col_dir) > 1e-2
         )
     if not_unit:
-        raise ValueError(f"{path}: ImageOrientationPatient is not two orthogonal unit vectors: {orientation}")
+        raise InputError(f"{path}: ImageOrientationPatient is not two orthogonal unit vectors: {orientation}")
     spacing = _float_list(dataset, "PixelSpacing")
     if spacing is None or len(spacing) != 2:
-        raise ValueError(f"{path}: missing or malformed PixelSpacing")
+        raise InputError(f"{path}: missing or malformed PixelSpacing")
     if not np.isfinite(spacing).all():
-        raise ValueError(f"{path}: non-finite pixel spacing {spacing}")
+        raise InputError(f"{path}: non-finite pixel spacing {spacing}")
     if min(spacing) <= 0:
-        raise ValueError(f"{path}: zero or negative pixel spacing {spacing}")
+        raise InputError(f"{path}: zero or negative pixel spacing {spacing}")
     if rows < 1 or columns < 1:
-        raise ValueError(f"{path}: missing image size (Rows/Columns)")
+        raise InputError(f"{path}: missing image size (Rows/Columns)")
     instance = dataset.get("InstanceNumber")
     try:
         instance_number = int(instance) if instance not in (None, "") else 0
@@ -389,17 +390,17 @@ def _check_same_grid(images: list[_Image], what: str) -> None:
     reference = images[0]
     for image in images[1:]:
         if np.abs(image.orientation - reference.orientation).max() > _ORIENTATION_TOLERANCE:
-            raise ValueError(
+            raise InputError(
                 f"{image.path}: mixed orientations inside one {what} stack: "
                 f"{np.round(image.orientation, 4).tolist()} vs {np.round(reference.orientation, 4).tolist()} "
                 f"in {reference.path}"
             )
         if image.shape != reference.shape:
-            raise ValueError(
+            raise InputError(
                 f"{image.path}: image size {image.shape} differs from {reference.shape} in {reference.path} ({what})"
             )
         if not np.allclose(image.pixel_spacing, reference.pixel_spacing, rtol=1e-4, atol=1e-5):
-            raise ValueError(
+            raise InputError(
                 f"{image.path}: pixel spacing {image.pixel_spacing} differs from {reference.pixel_spacing} "
                 f"in {reference.path} ({what})"
             )
@@ -435,7 +436,7 @@ def _frame_table(slices: list[list[_Image]], what: str, warnings_out: list[str])
     n_phases = min(counts)
     if n_phases < 2:
         single = next(images for images in ordered if len(images) == min(counts))
-        raise ValueError(f"{single[0].path}: single-phase {what} slice (phase counts per slice {counts}): not a cine")
+        raise InputError(f"{single[0].path}: single-phase {what} slice (phase counts per slice {counts}): not a cine")
     if len(set(counts)) > 1:
         warnings_out.append(f"{what}: unequal phase counts per slice {counts}; truncated every slice to {n_phases}")
     return [images[:n_phases] for images in ordered]
@@ -455,7 +456,7 @@ def _assemble_view(name: str, slices: list[list[_Image]], warnings_out: list[str
         tolerance = 0.02 * median_gap + 0.01
         if (np.abs(gaps - median_gap) > tolerance).any():
             worst = int(np.argmax(np.abs(gaps - median_gap)))
-            raise ValueError(
+            raise InputError(
                 f"{table[worst + 1][0].path}: {name} slice gaps are not uniform "
                 f"({', '.join(f'{g:.3f}' for g in gaps)} mm along the slice normal)"
             )
@@ -465,7 +466,7 @@ def _assemble_view(name: str, slices: list[list[_Image]], warnings_out: list[str
         residual = np.linalg.norm(predicted - origins, axis=1)
         if residual.max() > tolerance:
             worst = int(np.argmax(residual))
-            raise ValueError(
+            raise InputError(
                 f"{table[worst][0].path}: {name} slice origins are not on a straight line "
                 f"(off by {residual.max():.3f} mm)"
             )
@@ -475,7 +476,7 @@ def _assemble_view(name: str, slices: list[list[_Image]], warnings_out: list[str
     for images in table:
         for image in images:
             if np.linalg.norm(image.position - images[0].position) > _POSITION_TOLERANCE_MM:
-                raise ValueError(
+                raise InputError(
                     f"{image.path}: image origin differs from other phases of its slice ({images[0].path})"
                 )
     pixels = np.stack([np.stack([image.pixels() for image in images], axis=-1) for images in table], axis=2)
@@ -536,7 +537,7 @@ def list_dicom_files(folder: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"{folder}: no such folder")
 
     def unreadable(err: OSError) -> None:
-        raise ValueError(f"{err.filename}: cannot list this folder ({err.strerror or type(err).__name__})") from err
+        raise InputError(f"{err.filename}: cannot list this folder ({err.strerror or type(err).__name__})") from err
 
     files: list[Path] = []
     visited: set[Path] = set()
@@ -585,7 +586,7 @@ def dicom_studies(folder: str | os.PathLike) -> dict[str, list[Path]]:
             try:
                 dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
             except Exception as err:  # pydicom raises many types for a damaged file
-                raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
+                raise InputError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
             groups[_pseudonymise_uid(str(dataset.get("StudyInstanceUID", "") or ""))].append(path)
     return dict(groups)
 
@@ -603,17 +604,17 @@ def _one_study(folder: Path, images: list[_Image], study: str | None) -> list[_I
         chosen = [key for key in by_study if study in (key, raw_of[key])]
         if not chosen:
             listed = ", ".join(sorted(by_study))
-            raise ValueError(f"{folder}: no study {study!r} here (the studies here: {listed})")
+            raise InputError(f"{folder}: no study {study!r} here (the studies here: {listed})")
         images = by_study[chosen[0]]
     elif len(by_study) > 1:
         listed = "; ".join(f"{key} ({len(group)} images)" for key, group in sorted(by_study.items()))
-        raise ValueError(
+        raise InputError(
             f"{folder}: holds {len(by_study)} studies ({listed}); an exam is one study: pick one with "
             "--study ID, or split the folder into one exam per study with `cinema index`"
         )
     patients = {str(image.dataset.get("PatientID", "") or "") for image in images}
     if len(patients) > 1:
-        raise ValueError(
+        raise InputError(
             f"{folder}: one study holds images of {len(patients)} different patients (PatientID); "
             "refusing to mix patients in one exam"
         )
@@ -623,7 +624,7 @@ def _one_study(folder: Path, images: list[_Image], study: str | None) -> list[_I
 def _read_dicom_study(folder: Path, keep_phi: bool, study: str | None = None) -> Study:
     files = list_dicom_files(folder)
     if not files:
-        raise ValueError(f"{folder}: no DICOM files found")
+        raise InputError(f"{folder}: no DICOM files found")
     # Messages kept in metadata name no files: paths can carry patient names and metadata is written out.
     skipped: list[str] = []
     warnings_out: list[str] = []
@@ -643,7 +644,7 @@ def _read_dicom_study(folder: Path, keep_phi: bool, study: str | None = None) ->
         images.append(parsed)
     skipped.extend(f"{count} DICOM file(s): {reason}" for reason, count in skip_reasons.items())
     if not images:
-        raise ValueError(f"{folder}: no positioned DICOM images (no cine) found")
+        raise InputError(f"{folder}: no positioned DICOM images (no cine) found")
     images = _one_study(folder, images, study)
 
     def shown(uid: str) -> str:  # warnings are written into outputs: never a raw UID unless PHI is kept
@@ -706,8 +707,8 @@ def _read_dicom_study(folder: Path, keep_phi: bool, study: str | None = None) ->
         if mixed_example is not None:
             _check_same_grid(mixed_example, "unnamed")
         if single_phase_example is not None:
-            raise ValueError(f"{single_phase_example.path}: single-phase series: {folder} holds no cine")
-        raise ValueError(f"{folder}: no cine series found ({'; '.join(skipped) or 'no usable images'})")
+            raise InputError(f"{single_phase_example.path}: single-phase series: {folder} holds no cine")
+        raise InputError(f"{folder}: no cine series found ({'; '.join(skipped) or 'no usable images'})")
 
     views: dict[str, CineView] = {}
     view_info: dict[str, dict] = {}

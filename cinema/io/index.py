@@ -43,6 +43,7 @@ import numpy as np
 from cinema.io.atomic import write_text_atomic
 from cinema.io.datasets import is_acdc_folder, is_mnms_folder
 from cinema.io.dicom import has_dicom_preamble
+from cinema.io.errors import InputError
 from cinema.io.nifti import guess_view_name, is_nifti_path, nifti_stem, read_nifti_cine
 from cinema.io.privacy import pseudonymise_uid
 from cinema.io.read import read_study
@@ -91,7 +92,7 @@ def _dicom_study_uid(path: Path) -> str:
             dataset = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
             return str(dataset.get("StudyInstanceUID", "") or "")
     except Exception as err:  # pydicom raises many types for a damaged file
-        raise ValueError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
+        raise InputError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from err
 
 
 def _nifti_entries(root: Path, folder: Path, files: list[Path], prefix: str) -> list[dict[str, Any]]:
@@ -109,7 +110,7 @@ def _nifti_entries(root: Path, folder: Path, files: list[Path], prefix: str) -> 
             try:
                 shape = nifti_shape(path)
                 if len(shape) < 3 or shape[2] == 1:
-                    raise ValueError(
+                    raise InputError(
                         f"{path}: cannot tell the view of this single-slice NIfTI file from its name "
                         "(name it with sax, lax_2c, lax_3c or lax_4c)"
                     )
@@ -143,7 +144,7 @@ def find_studies(data_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]
         prefix = root.name if root.is_dir() else nifti_stem(root)
         if root.is_file():
             if not is_nifti_path(root):
-                raise ValueError(f"{root}: not a folder or a NIfTI file")
+                raise InputError(f"{root}: not a folder or a NIfTI file")
             entries.append({"id": prefix, "kind": "nifti", "path": str(root)})
             continue
         dicom_folders: dict[str, list[Path]] = {}
@@ -186,7 +187,7 @@ def find_studies(data_dirs: Iterable[str | os.PathLike]) -> list[dict[str, Any]]
     ids = [e["id"] for e in entries]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise ValueError(f"two studies would get the same id {duplicates[:3]}; index the data folders separately")
+        raise InputError(f"two studies would get the same id {duplicates[:3]}; index the data folders separately")
     return sorted(entries, key=lambda e: e["id"])
 
 
@@ -215,7 +216,7 @@ def _concat_frames(views: list[CineView], view: str) -> CineView:
     first = views[0]
     for other in views[1:]:
         if other.spatial_shape != first.spatial_shape or not np.allclose(other.affine, first.affine, atol=1e-3):
-            raise ValueError(f"{other.source}: grid differs from {first.source} (frames of one {view} view)")
+            raise InputError(f"{other.source}: grid differs from {first.source} (frames of one {view} view)")
     if len(views) == 1:
         return first
     return CineView(
@@ -235,12 +236,12 @@ def read_index_entry(entry: dict[str, Any]) -> Study:
             views[view] = _concat_frames([read_nifti_cine(p, view=view) for p in paths], view)
         return Study(views=views, metadata={"source_format": "nifti"}, source=entry["path"])
     if kind == "unreadable":
-        raise ValueError(entry["error"])
+        raise InputError(entry["error"])
     if kind == "dicom":
         return read_study(entry["path"], study=entry.get("study"))
     if kind in ("acdc", "mnms", "study_folder", "nifti"):
         return read_study(entry["path"])
-    raise ValueError(f"index entry {entry.get('id')!r}: unknown kind {kind!r}")
+    raise InputError(f"index entry {entry.get('id')!r}: unknown kind {kind!r}")
 
 
 def _describe(entry: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +277,7 @@ def build_index(
     """
     found = find_studies(data_dirs)
     if not found:
-        raise ValueError(f"no studies found under {', '.join(str(d) for d in data_dirs)}")
+        raise InputError(f"no studies found under {', '.join(str(d) for d in data_dirs)}")
     results: Iterator[dict[str, Any] | str]
     if workers > 1:
         pool = ProcessPoolExecutor(workers)
@@ -289,7 +290,7 @@ def build_index(
         for i, result in enumerate(results):
             if isinstance(result, str):
                 if not skip_bad:
-                    raise ValueError(f"study {found[i]['id']}: {result}")
+                    raise InputError(f"study {found[i]['id']}: {result}")
                 skipped.append(f"{found[i]['id']}: {result}")
             else:
                 entries.append(result)
@@ -299,7 +300,7 @@ def build_index(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     if not entries:
-        raise ValueError("no readable study found")
+        raise InputError("no readable study found")
     return entries, skipped
 
 
@@ -342,16 +343,16 @@ def read_index(path: str | os.PathLike) -> list[dict[str, Any]]:
     except json.JSONDecodeError:
         header = {}
     if header.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{path}: not a study index written by `cinema index`")
+        raise InputError(f"{path}: not a study index written by `cinema index`")
     entries = []
     for number, line in enumerate(lines[1:], start=2):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err})") from err
+            raise InputError(f"{path}:{number}: not valid JSON ({err})") from err
         if not isinstance(entry, dict) or "id" not in entry or "kind" not in entry:
-            raise ValueError(f"{path}:{number}: an index entry needs 'id' and 'kind'")
+            raise InputError(f"{path}:{number}: an index entry needs 'id' and 'kind'")
         entries.append(entry)
     if len(entries) != header.get("n_studies"):
-        raise ValueError(f"{path}: {len(entries)} studies but the header says {header.get('n_studies')} (truncated?)")
+        raise InputError(f"{path}: {len(entries)} studies but the header says {header.get('n_studies')} (truncated?)")
     return entries

@@ -16,6 +16,8 @@ import contextvars
 import os
 from collections.abc import Iterator
 
+from cinema.io.errors import InputError
+
 MB = 1024 * 1024
 DEFAULT_MAX_IMAGE_MB = 4096
 ENV_MAX_IMAGE_MB = "CINEMA_MAX_IMAGE_MB"
@@ -29,7 +31,7 @@ def max_decoded_bytes() -> int:
     try:
         env_bytes = int(float(text) * MB) if text else DEFAULT_MAX_IMAGE_MB * MB
     except ValueError as err:
-        raise ValueError(f"{ENV_MAX_IMAGE_MB}={text!r} is not a number of megabytes") from err
+        raise InputError(f"{ENV_MAX_IMAGE_MB}={text!r} is not a number of megabytes") from err
     block = _limit.get()
     return env_bytes if block is None else min(env_bytes, block)
 
@@ -59,7 +61,7 @@ def check_decoded_size(source: object, n_bytes: int, what: str = "image data") -
     """Refuse (ValueError naming `source`) before allocating `n_bytes` above the decoded-size cap."""
     limit = max_decoded_bytes()
     if n_bytes > limit:
-        raise ValueError(
+        raise InputError(
             f"{source}: {what} would take {format_bytes(n_bytes)} in memory, more than the limit of "
             f"{format_bytes(limit)} per image file (raise it with {ENV_MAX_IMAGE_MB} if the file is genuine)"
         )

@@ -23,6 +23,7 @@ import numpy as np
 from nibabel.volumeutils import apply_read_scaling
 
 from cinema.io.atomic import write_bytes_atomic
+from cinema.io.errors import InputError
 from cinema.io.limits import check_decoded_size, format_bytes, out_of_memory, read_error
 from cinema.io.study import LAX_VIEWS, SAX, CineView, view_name_for
 
@@ -69,48 +70,48 @@ class _Layout(NamedTuple):
 def _parse_header(path: Path, head: bytes) -> _Layout:
     """The layout a header announces; a header whose claims make no sense is refused."""
     if len(head) < 4:
-        raise ValueError(f"{path}: not a NIfTI file ({len(head)} bytes, too short for a header)")
+        raise InputError(f"{path}: not a NIfTI file ({len(head)} bytes, too short for a header)")
     size_little, size_big = struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]
     # sizeof_hdr says the byte order; nibabel would guess it from dim[0] and misread a header whose dim[0] is absurd.
     endianness = "<" if size_little in _HEADER_CLASSES else ">"
     header_class = _HEADER_CLASSES.get(size_little) or _HEADER_CLASSES.get(size_big)
     if header_class is None:
-        raise ValueError(f"{path}: not a NIfTI file (header size field {size_little}, expected 348 or 540)")
+        raise InputError(f"{path}: not a NIfTI file (header size field {size_little}, expected 348 or 540)")
     header_size = header_class.template_dtype.itemsize
     if len(head) < header_size:
-        raise ValueError(f"{path}: not a NIfTI file ({len(head)} bytes, shorter than its {header_size}-byte header)")
+        raise InputError(f"{path}: not a NIfTI file ({len(head)} bytes, shorter than its {header_size}-byte header)")
     header = header_class(head[:header_size], endianness=endianness, check=False)
     magic = bytes(header["magic"].item())
     if magic == bytes(header_class.pair_magic):
-        raise ValueError(f"{path}: a NIfTI pair header (.hdr/.img); convert it to a single .nii file")
+        raise InputError(f"{path}: a NIfTI pair header (.hdr/.img); convert it to a single .nii file")
     if magic != bytes(header_class.single_magic):
-        raise ValueError(f"{path}: not a NIfTI file (magic {magic!r}, expected {bytes(header_class.single_magic)!r})")
+        raise InputError(f"{path}: not a NIfTI file (magic {magic!r}, expected {bytes(header_class.single_magic)!r})")
     dim = [int(d) for d in header["dim"]]
     if not 1 <= dim[0] <= 7:
-        raise ValueError(f"{path}: header's dim[0] = {dim[0]} is not a number of dimensions (1 to 7)")
+        raise InputError(f"{path}: header's dim[0] = {dim[0]} is not a number of dimensions (1 to 7)")
     for axis, length in enumerate(dim[1 : dim[0] + 1], start=1):
         if length < 1:
-            raise ValueError(f"{path}: header's dim[{axis}] = {length}; every axis needs at least one voxel")
+            raise InputError(f"{path}: header's dim[{axis}] = {length}; every axis needs at least one voxel")
     shape = tuple(int(n) for n in header.get_data_shape())
     try:
         dtype = np.dtype(header.get_data_dtype())
     except Exception as err:  # nibabel raises KeyError or HeaderDataError for a code it does not know
-        raise ValueError(f"{path}: unsupported NIfTI datatype code {int(header['datatype'])}") from err
+        raise InputError(f"{path}: unsupported NIfTI datatype code {int(header['datatype'])}") from err
     if dtype.itemsize < 1:
         # nibabel maps "none", "binary" and (where NumPy lacks them) 128-bit types to an empty type
         label = header.get_value_label("datatype")
-        raise ValueError(f"{path}: unsupported NIfTI datatype {label} (code {int(header['datatype'])})")
+        raise InputError(f"{path}: unsupported NIfTI datatype {label} (code {int(header['datatype'])})")
     vox_offset = float(header["vox_offset"])
     first_data_byte = header_size + 4
     if not np.isfinite(vox_offset) or vox_offset < first_data_byte:
-        raise ValueError(
+        raise InputError(
             f"{path}: header's vox_offset {vox_offset:g} points inside the header (voxels start at byte "
             f"{first_data_byte} or later)"
         )
     slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
     if slope != 0 and np.isfinite(slope) and not np.isfinite(inter):
         # nibabel ignores a zero or non-finite slope (no scaling) but cannot use a non-finite intercept
-        raise ValueError(f"{path}: header's scl_inter {inter:g} is not finite")
+        raise InputError(f"{path}: header's scl_inter {inter:g} is not finite")
     # nibabel's own checks and fixes, as nib.load applies them, but raised to our caller rather than logged.
     header.check_fix(logger=_QUIET_LOG)
     offset = int(vox_offset)
@@ -184,7 +185,7 @@ def _read_gzip(path: Path, file: BinaryIO) -> tuple[_Layout, bytearray]:
             layout = _parse_header(path, bytes(buffer))
         except ValueError as err:
             reason = str(err).removeprefix(f"{path}: ")
-            raise ValueError(f"{path}: unreadable NIfTI file (truncated gzip stream: {reason})") from None
+            raise InputError(f"{path}: unreadable NIfTI file (truncated gzip stream: {reason})") from None
     else:
         layout = _parse_header(path, bytes(buffer))
     _check_cap(path, layout)
@@ -201,7 +202,7 @@ def _read_gzip(path: Path, file: BinaryIO) -> tuple[_Layout, bytearray]:
     tail = bytearray()
     stream.read_into(tail, _GZIP_TAIL_BYTES)
     if stream.truncated:
-        raise ValueError(f"{path}: unreadable NIfTI file (truncated gzip stream: the file ends before its end marker)")
+        raise InputError(f"{path}: unreadable NIfTI file (truncated gzip stream: the file ends before its end marker)")
     return layout, buffer
 
 
@@ -218,7 +219,7 @@ def _read_plain(path: Path, file: BinaryIO) -> tuple[_Layout, bytearray]:
         raise out_of_memory(path, needed, "the NIfTI data") from None
     file.seek(0)
     if file.readinto(buffer) != needed:
-        raise ValueError(f"{path}: the file shrank while being read")
+        raise InputError(f"{path}: the file shrank while being read")
     return layout, buffer
 
 
@@ -233,7 +234,7 @@ def _read_nifti_bytes(path: Path) -> tuple[_Layout, bytearray]:
     except OSError as err:
         raise read_error(path, err) from err
     except zlib.error as err:
-        raise ValueError(f"{path}: unreadable NIfTI file (corrupt gzip stream: {err})") from err
+        raise InputError(f"{path}: unreadable NIfTI file (corrupt gzip stream: {err})") from err
 
 
 def _scaled_voxels(path: Path, layout: _Layout, buffer: bytearray) -> np.ndarray:
@@ -256,14 +257,14 @@ def _check_values(path: Path, data: np.ndarray, header: nib.Nifti1Header) -> Non
     scaling = f" after applying the header's scaling (scl_slope {slope:g}, scl_inter {inter:g})" if scaled else ""
     if data.dtype.kind == "c":
         if not np.isfinite(data).all():
-            raise ValueError(f"{path}: voxel values are not finite (NaN or ±inf){scaling}")
+            raise InputError(f"{path}: voxel values are not finite (NaN or ±inf){scaling}")
         return
     low, high = data.min(), data.max()  # NaN propagates into both; no temporary array of the data's size
     if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"{path}: voxel values are not finite (NaN or ±inf){scaling}")
+        raise InputError(f"{path}: voxel values are not finite (NaN or ±inf){scaling}")
     peak = max(-float(low), float(high))
     if peak > _FLOAT32_MAX:
-        raise ValueError(
+        raise InputError(
             f"{path}: voxel values reach ±{peak:.3g}{scaling}, beyond float32's range (±{_FLOAT32_MAX:.3g}): "
             "converting them to float32 would overflow to infinity"
         )
@@ -295,11 +296,11 @@ def load_nifti(path: str | os.PathLike, require_finite: bool = True) -> tuple[np
     except ValueError as err:
         if str(err).startswith(f"{path}: "):
             raise
-        raise ValueError(f"{path}: unreadable NIfTI file (ValueError: {err})") from err
+        raise InputError(f"{path}: unreadable NIfTI file (ValueError: {err})") from err
     except MemoryError as err:  # allocations other than the voxel buffer (sized where made): say the data's size
         raise out_of_memory(path, layout.n_bytes if layout else path.stat().st_size, "the NIfTI data") from err
     except Exception as err:  # nibabel, struct and NumPy raise many unrelated types for a damaged header
-        raise ValueError(f"{path}: unreadable NIfTI file ({type(err).__name__}: {err})") from err
+        raise InputError(f"{path}: unreadable NIfTI file ({type(err).__name__}: {err})") from err
     return data, affine, layout.header
 
 
@@ -345,7 +346,7 @@ def read_nifti_cine(path: str | os.PathLike, view: str | None = None) -> CineVie
         data = data[:, :, :, 0, :]  # some tools store time in the 5th axis with an empty 4th
     if data.ndim == 2:
         if name not in LAX_VIEWS:
-            raise ValueError(
+            raise InputError(
                 f"{path}: 2-D image {data.shape} where a 3-D stack or 4-D cine is needed "
                 "(pass a long-axis view name to read it as one long-axis frame)"
             )
@@ -353,23 +354,23 @@ def read_nifti_cine(path: str | os.PathLike, view: str | None = None) -> CineVie
     if data.ndim == 3:
         data = data[..., None]
     if data.ndim != 4:
-        raise ValueError(f"{path}: expected a 3-D frame or a 4-D cine (x, y, z, t), got shape {data.shape}")
+        raise InputError(f"{path}: expected a 3-D frame or a 4-D cine (x, y, z, t), got shape {data.shape}")
     if name is None:
         if data.shape[2] == 1:
-            raise ValueError(
+            raise InputError(
                 f"{path}: single-slice image and the file name does not say which long-axis view it is "
                 "(name it lax_2c/lax_3c/lax_4c or pass the view)"
             )
         name = SAX
     if name in LAX_VIEWS:
         if data.shape[2] != 1:
-            raise ValueError(f"{path}: a long-axis view must have one slice, got {data.shape[2]} slices")
+            raise InputError(f"{path}: a long-axis view must have one slice, got {data.shape[2]} slices")
         data = data[:, :, 0, :]
     step = _time_step_ms(header) if data.shape[-1] > 1 else None
     frame_times = None if step is None else [t * step for t in range(data.shape[-1])]
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         # complex (or RGB) voxels would lose a component silently in the float32 conversion
-        raise ValueError(f"{path}: unsupported voxel type {data.dtype} (a cine holds real intensities)")
+        raise InputError(f"{path}: unsupported voxel type {data.dtype} (a cine holds real intensities)")
     try:
         image = data.astype(np.float32)  # load_nifti refused values float32 cannot hold
     except MemoryError:
@@ -388,16 +389,16 @@ def read_label_nifti(
     path = Path(path)
     data, label_affine, _ = load_nifti(path)
     if affine is not None and not np.allclose(label_affine, affine, atol=1e-3):
-        raise ValueError(
+        raise InputError(
             f"{path}: label geometry differs from the image's (label affine {label_affine.round(3).tolist()}, "
             f"image affine {np.asarray(affine).round(3).tolist()})"
         )
     if not np.isfinite(data).all() or (data < 0).any() or (data > 255).any() or (data % 1 != 0).any():
-        raise ValueError(f"{path}: label map must hold integers in [0, 255]")
+        raise InputError(f"{path}: label map must hold integers in [0, 255]")
     if spatial_shape is not None and len(spatial_shape) == 2 and data.ndim >= 3 and data.shape[2] == 1:
         data = data[:, :, 0, ...]
     if spatial_shape is not None and tuple(data.shape[: len(spatial_shape)]) != tuple(spatial_shape):
-        raise ValueError(f"{path}: label shape {data.shape} does not match image shape {tuple(spatial_shape)}")
+        raise InputError(f"{path}: label shape {data.shape} does not match image shape {tuple(spatial_shape)}")
     return data.astype(np.uint8)
 
 
@@ -454,7 +455,7 @@ def write_nifti(
     """Atomically write an array as a .nii.gz file (the type is chosen losslessly unless `dtype` is given)."""
     path = Path(path)
     if not str(path).lower().endswith(".nii.gz"):
-        raise ValueError(f"{path}: NIfTI outputs are written gzipped and must end in .nii.gz")
+        raise InputError(f"{path}: NIfTI outputs are written gzipped and must end in .nii.gz")
     data = nifti_bytes(array, affine, dtype=dtype, time_step_ms=time_step_ms, description=description)
     return write_bytes_atomic(path, data)
 
@@ -476,16 +477,16 @@ def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: str | os.Pat
     path = Path(path)
     labels = np.asarray(labels)
     if labels.ndim < 2 or labels.ndim > 4:
-        raise ValueError(f"{path}: label map must be 2-D to 4-D, got shape {labels.shape}")
+        raise InputError(f"{path}: label map must be 2-D to 4-D, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_:
         labels = labels.astype(np.uint8)
     if labels.size and (
         not np.isfinite(labels).all() or labels.min() < 0 or labels.max() > 255 or (labels % 1 != 0).any()
     ):
-        raise ValueError(f"{path}: label map must hold integers in [0, 255]")
+        raise InputError(f"{path}: label map must hold integers in [0, 255]")
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise ValueError(f"{path}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
+        raise InputError(f"{path}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
     if labels.ndim == 2:
         labels = labels[:, :, None]
     return write_nifti(labels, affine, path, dtype=np.dtype(np.uint8), description=LABEL_MAP_DESCRIPTION)

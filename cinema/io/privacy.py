@@ -17,6 +17,8 @@ import os
 import secrets
 from pathlib import Path
 
+from cinema.io.errors import InputError
+
 __all__ = ["config_dir", "pseudonymise_uid", "secret_path"]
 
 PREFIX = "uid:"
@@ -46,7 +48,7 @@ def _secret() -> bytes:
     except FileNotFoundError:
         key = _create_secret(path)
     except OSError as err:
-        raise ValueError(f"{path}: unreadable pseudonym secret ({err}); fix its permissions or delete it") from err
+        raise InputError(f"{path}: unreadable pseudonym secret ({err}); fix its permissions or delete it") from err
     else:
         key = _parse_secret(path, text)
     _cache[path] = key
@@ -59,7 +61,7 @@ def _parse_secret(path: Path, text: str) -> bytes:
     except ValueError:
         key = b""
     if len(key) < 16:
-        raise ValueError(f"{path}: not a pseudonym secret (expected 64 hex digits); delete it to make a new one")
+        raise InputError(f"{path}: not a pseudonym secret (expected 64 hex digits); delete it to make a new one")
     return key
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cinema.io.datasets import is_acdc_folder, is_mnms_folder, read_acdc_patient, read_mnms_subject
 from cinema.io.dicom import read_dicom_study
+from cinema.io.errors import InputError
 from cinema.io.nifti import is_nifti_path, read_nifti_cine
 from cinema.io.study import Study
 from cinema.io.study_folder import is_study_folder, read_study_folder
@@ -21,7 +22,7 @@ def detect_input_kind(path: str | os.PathLike) -> str:
         if is_nifti_path(path):
             return "nifti"
         if path.suffix.lower() == ".csv":
-            raise ValueError(f"{path}: a CSV manifest holds many studies; read it with cinema.io.read_manifest")
+            raise InputError(f"{path}: a CSV manifest holds many studies; read it with cinema.io.read_manifest")
         return "dicom"  # a single DICOM file cannot hold a cine stack; read_dicom_study reports that clearly
     if is_study_folder(path):
         return "study_folder"
@@ -52,5 +53,5 @@ def read_study(
     if kind == "mnms":
         return read_mnms_subject(path)
     if path.is_file():
-        raise ValueError(f"{path}: a single file is not a cine study; pass the folder holding the exam's DICOM files")
+        raise InputError(f"{path}: a single file is not a cine study; pass the folder holding the exam's DICOM files")
     return read_dicom_study(path, keep_phi=keep_phi, study=study)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from cinema.io.atomic import atomic_directory, write_text_atomic
+from cinema.io.errors import InputError
 
 __all__ = ["SHARDS_JSON", "STUDIES_JSONL", "ShardStore", "ShardWriter", "iter_tar_samples", "write_shard_folder"]
 
@@ -55,7 +56,7 @@ class ShardWriter:
 
     def __init__(self, folder: Path, geometry: dict[str, Any], max_studies: int = 1000, max_bytes: int = 2**30):
         if max_studies < 1 or max_bytes < 1:
-            raise ValueError("shards need max_studies >= 1 and max_bytes >= 1")
+            raise InputError("shards need max_studies >= 1 and max_bytes >= 1")
         self.folder = Path(folder)
         self.geometry = geometry
         self.max_studies, self.max_bytes = max_studies, max_bytes
@@ -73,7 +74,7 @@ class ShardWriter:
     def add(self, study_id: str, arrays: dict[str, np.ndarray], metadata: dict[str, Any] | None = None) -> None:
         """One study: {view: uint8 array (T, *spatial)} plus JSON-able metadata."""
         if not arrays:
-            raise ValueError(f"study {study_id}: nothing to store (no views)")
+            raise InputError(f"study {study_id}: nothing to store (no views)")
         if self._tar is None or self._in_shard >= self.max_studies or self._tar.offset >= self.max_bytes:
             self._close_shard()
             name = f"shard-{len(self.shards):06d}.tar"
@@ -130,7 +131,7 @@ def _array_locations(path: Path) -> Iterator[tuple[str, str, int, list[int], str
             )
             shape, fortran, dtype = read_header(raw)
             if fortran:
-                raise ValueError(f"{path}: {member.name} is Fortran-ordered; frames would not be contiguous")
+                raise InputError(f"{path}: {member.name} is Fortran-ordered; frames would not be contiguous")
             yield parts[0], parts[1], raw.tell(), list(shape), dtype.str
 
 
@@ -167,9 +168,9 @@ class ShardStore:
         try:
             summary = json.loads(summary_path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{summary_path}: not valid JSON ({err})") from err
+            raise InputError(f"{summary_path}: not valid JSON ({err})") from err
         if summary.get("format") != SHARDS_FORMAT:
-            raise ValueError(f"{summary_path}: not a cinema shard index")
+            raise InputError(f"{summary_path}: not a cinema shard index")
         self.geometry: dict[str, Any] = summary["geometry"]
         sizes = {}
         for shard in summary["shards"]:
@@ -178,18 +179,18 @@ class ShardStore:
                 raise FileNotFoundError(f"{path}: shard listed in {SHARDS_JSON} is missing")
             sizes[shard["name"]] = path.stat().st_size
             if sizes[shard["name"]] != shard["bytes"]:
-                raise ValueError(f"{path}: {sizes[shard['name']]} bytes, {SHARDS_JSON} says {shard['bytes']}")
+                raise InputError(f"{path}: {sizes[shard['name']]} bytes, {SHARDS_JSON} says {shard['bytes']}")
         studies_path = self.folder / STUDIES_JSONL
         if not studies_path.is_file():
             raise FileNotFoundError(f"{studies_path}: no such file")
         self.studies = [json.loads(line) for line in studies_path.read_text().splitlines() if line.strip()]
         if len(self.studies) != summary["n_studies"]:
-            raise ValueError(f"{studies_path}: {len(self.studies)} studies, {SHARDS_JSON} says {summary['n_studies']}")
+            raise InputError(f"{studies_path}: {len(self.studies)} studies, {SHARDS_JSON} says {summary['n_studies']}")
         for study in self.studies:
             for view, array in study["arrays"].items():
                 end = array["offset"] + math.prod(array["shape"]) * np.dtype(array["dtype"]).itemsize
                 if end > sizes[study["shard"]]:
-                    raise ValueError(f"{self.folder / study['shard']}: truncated ({study['id']} {view} is cut off)")
+                    raise InputError(f"{self.folder / study['shard']}: truncated ({study['id']} {view} is cut off)")
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
 
@@ -224,7 +225,7 @@ class ShardStore:
         n_bytes = math.prod(shape[1:]) * dtype.itemsize
         data = os.pread(self._fd(study["shard"]), n_bytes, array["offset"] + t * n_bytes)
         if len(data) != n_bytes:
-            raise ValueError(f"{self.folder / study['shard']}: short read for {study['id']} {view} (truncated?)")
+            raise InputError(f"{self.folder / study['shard']}: short read for {study['id']} {view} (truncated?)")
         return np.frombuffer(data, dtype=dtype).reshape(shape[1:])
 
     def close(self) -> None:

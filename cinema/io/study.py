@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from cinema.io.errors import InputError
+
 SAX = "sax"
 LAX_VIEWS = ("lax_2c", "lax_3c", "lax_4c")
 VIEW_NAMES = (SAX, *LAX_VIEWS)
@@ -52,30 +54,30 @@ class CineView:
     def __post_init__(self) -> None:
         where = self.source or self.name
         if self.name not in VIEW_NAMES:
-            raise ValueError(f"{where}: unknown view name {self.name!r}; expected one of {', '.join(VIEW_NAMES)}")
+            raise InputError(f"{where}: unknown view name {self.name!r}; expected one of {', '.join(VIEW_NAMES)}")
         image = np.asarray(self.image)
         expected_ndim = 4 if self.name == SAX else 3
         if image.ndim != expected_ndim:
             layout = "(X, Y, Z, T)" if self.name == SAX else "(X, Y, T)"
-            raise ValueError(f"{where}: {self.name} image must be {expected_ndim}-D {layout}, got shape {image.shape}")
+            raise InputError(f"{where}: {self.name} image must be {expected_ndim}-D {layout}, got shape {image.shape}")
         if min(image.shape) < 1:
-            raise ValueError(f"{where}: {self.name} image has an empty axis, shape {image.shape}")
+            raise InputError(f"{where}: {self.name} image has an empty axis, shape {image.shape}")
         if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
-            raise ValueError(f"{where}: {self.name} image must be real numbers, got dtype {image.dtype}")
+            raise InputError(f"{where}: {self.name} image must be real numbers, got dtype {image.dtype}")
         # Extremes before the float32 conversion: NaN and ±inf propagate into them, and so do values float32 cannot
         # hold. Intensities stay below half of float32's range so that the difference of any two (interpolation,
         # percentile scaling) is finite; no real image comes near it.
         low, high = float(image.min()), float(image.max())
         if not (np.isfinite(low) and np.isfinite(high)):
-            raise ValueError(f"{where}: {self.name} image contains NaN or infinite values")
+            raise InputError(f"{where}: {self.name} image contains NaN or infinite values")
         peak, float32_max = max(-low, high), float(np.finfo(np.float32).max)
         if peak > float32_max:
-            raise ValueError(
+            raise InputError(
                 f"{where}: {self.name} image values reach ±{peak:.3g}, beyond float32's range (±{float32_max:.3g}): "
                 "the conversion to float32 would overflow to infinity"
             )
         if peak > float32_max / 2:
-            raise ValueError(
+            raise InputError(
                 f"{where}: {self.name} image values reach ±{peak:.3g}, too close to float32's limit "
                 f"(±{float32_max:.3g}): differences between them (interpolation, intensity scaling) would overflow"
             )
@@ -84,24 +86,24 @@ class CineView:
 
         affine = np.asarray(self.affine, dtype=np.float64)
         if affine.shape != (4, 4):
-            raise ValueError(f"{where}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
+            raise InputError(f"{where}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
         if not np.isfinite(affine).all():
-            raise ValueError(f"{where}: affine must be a finite 4x4 matrix, got NaN or infinite entries")
+            raise InputError(f"{where}: affine must be a finite 4x4 matrix, got NaN or infinite entries")
         if not np.allclose(affine[3], [0, 0, 0, 1]):
-            raise ValueError(f"{where}: affine last row must be [0, 0, 0, 1], got {affine[3].tolist()}")
+            raise InputError(f"{where}: affine last row must be [0, 0, 0, 1], got {affine[3].tolist()}")
         with np.errstate(all="ignore"):
             spacing = np.linalg.norm(affine[:3, :3], axis=0)
         if not np.isfinite(spacing).all() or (spacing <= 0).any():
-            raise ValueError(
+            raise InputError(
                 f"{where}: voxel spacing must be positive and finite, got {tuple(spacing.round(6).tolist())}"
             )
         # The determinant of the unit axis directions: the product of the spacings can underflow to 0 or overflow.
         if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-6:
-            raise ValueError(f"{where}: affine is singular (voxel axes are not independent)")
+            raise InputError(f"{where}: affine is singular (voxel axes are not independent)")
         with np.errstate(all="ignore"):
             inverse_finite = np.isfinite(np.linalg.inv(affine)).all()
         if not inverse_finite:
-            raise ValueError(
+            raise InputError(
                 f"{where}: affine cannot be inverted in floating point (spacing {tuple(spacing.tolist())}, "
                 f"origin {affine[:3, 3].tolist()})"
             )
@@ -111,30 +113,30 @@ class CineView:
         if self.frame_times_ms is not None:
             times = [float(t) for t in self.frame_times_ms]
             if len(times) != n_frames:
-                raise ValueError(f"{where}: {len(times)} frame times for {n_frames} frames")
+                raise InputError(f"{where}: {len(times)} frame times for {n_frames} frames")
             if not np.isfinite(times).all():
-                raise ValueError(f"{where}: frame times must be finite")
+                raise InputError(f"{where}: frame times must be finite")
             self.frame_times_ms = times
         if self.frame_indices is not None:
             indices = [int(i) for i in self.frame_indices]
             if len(indices) != n_frames:
-                raise ValueError(f"{where}: {len(indices)} frame indices for {n_frames} frames")
+                raise InputError(f"{where}: {len(indices)} frame indices for {n_frames} frames")
             if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
-                raise ValueError(f"{where}: frame indices must be distinct and non-negative, got {indices}")
+                raise InputError(f"{where}: frame indices must be distinct and non-negative, got {indices}")
             self.frame_indices = indices
 
         labels: dict[int, np.ndarray] = {}
         for frame, label in self.labels.items():
             frame = int(frame)
             if not 0 <= frame < n_frames:
-                raise ValueError(f"{where}: label for frame {frame} but the view has {n_frames} frames")
+                raise InputError(f"{where}: label for frame {frame} but the view has {n_frames} frames")
             label = np.asarray(label)
             if label.shape != self.spatial_shape:
-                raise ValueError(
+                raise InputError(
                     f"{where}: label of frame {frame} has shape {label.shape}, expected {self.spatial_shape}"
                 )
             if not np.isfinite(label).all() or (label < 0).any() or (label > 255).any() or (label % 1 != 0).any():
-                raise ValueError(f"{where}: label of frame {frame} must hold integers in [0, 255]")
+                raise InputError(f"{where}: label of frame {frame} must hold integers in [0, 255]")
             labels[frame] = label.astype(np.uint8)
         self.labels = labels
 
@@ -189,17 +191,17 @@ class Study:
     def __post_init__(self) -> None:
         where = self.source or "study"
         if not self.views:
-            raise ValueError(f"{where}: a study needs at least one view")
+            raise InputError(f"{where}: a study needs at least one view")
         for name, view in self.views.items():
             if not isinstance(view, CineView):
-                raise ValueError(f"{where}: view {name!r} is not a CineView")
+                raise InputError(f"{where}: view {name!r} is not a CineView")
             if view.name != name:
-                raise ValueError(f"{where}: view stored under {name!r} is named {view.name!r}")
+                raise InputError(f"{where}: view stored under {name!r} is named {view.name!r}")
         # ED/ES index the short-axis cine; long-axis cines may have been acquired with another number of phases.
         reference = self.views.get(SAX) or next(iter(self.views.values()))
         for label, frame in (("ED", self.ed_frame), ("ES", self.es_frame)):
             if frame is not None and not 0 <= int(frame) < reference.n_frames:
-                raise ValueError(
+                raise InputError(
                     f"{where}: {label} frame {frame} is outside the {reference.n_frames} frames of {reference.name}"
                 )
         self.ed_frame = None if self.ed_frame is None else int(self.ed_frame)
@@ -212,7 +214,7 @@ class Study:
     def view(self, name: str) -> CineView:
         if name not in self.views:
             available = ", ".join(self.views) or "none"
-            raise ValueError(f"{self.source or 'study'}: no {name} view (available: {available})")
+            raise InputError(f"{self.source or 'study'}: no {name} view (available: {available})")
         return self.views[name]
 
     @property
@@ -227,5 +229,5 @@ def view_name_for(kind: str, names: Sequence[str] = VIEW_NAMES) -> str:
     aliases.update({"4c": "lax_4c", "4ch": "lax_4c", "lax_2ch": "lax_2c", "lax_3ch": "lax_3c", "lax_4ch": "lax_4c"})
     key = aliases.get(key, key)
     if key not in names:
-        raise ValueError(f"unknown view {kind!r}; expected one of {', '.join(names)}")
+        raise InputError(f"unknown view {kind!r}; expected one of {', '.join(names)}")
     return key

@@ -27,6 +27,7 @@ import numpy as np
 
 from cinema.io.atomic import atomic_directory, write_text_atomic
 from cinema.io.dicom import PHI_KEYWORDS
+from cinema.io.errors import InputError
 from cinema.io.nifti import nifti_bytes, read_label_nifti, read_nifti_cine
 from cinema.io.study import VIEW_NAMES, CineView, Study
 
@@ -158,22 +159,22 @@ def read_study_folder(folder: str | os.PathLike) -> Study:
     try:
         content = json.loads(json_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{json_path}: not valid JSON ({err})") from err
+        raise InputError(f"{json_path}: not valid JSON ({err})") from err
     if not isinstance(content, dict) or content.get("format") != FORMAT_NAME:
-        raise ValueError(f"{json_path}: not a {FORMAT_NAME} file")
+        raise InputError(f"{json_path}: not a {FORMAT_NAME} file")
     if int(content.get("version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{json_path}: format version {content.get('version')} is newer than this reader")
+        raise InputError(f"{json_path}: format version {content.get('version')} is newer than this reader")
     entries = content.get("views")
     if not isinstance(entries, dict) or not entries:
-        raise ValueError(f"{json_path}: lists no views")
+        raise InputError(f"{json_path}: lists no views")
     views = {}
     for name, entry in entries.items():
         if name not in VIEW_NAMES:
-            raise ValueError(f"{json_path}: unknown view {name!r}")
+            raise InputError(f"{json_path}: unknown view {name!r}")
         path = folder / str(entry.get("file", f"{name}.nii.gz"))
         view = read_nifti_cine(path, view=name)
         if list(view.as_4d().shape) != list(entry.get("shape", view.as_4d().shape)):
-            raise ValueError(f"{path}: shape {view.as_4d().shape} does not match {STUDY_JSON} ({entry['shape']})")
+            raise InputError(f"{path}: shape {view.as_4d().shape} does not match {STUDY_JSON} ({entry['shape']})")
         labels = {}
         if entry.get("labels_file"):
             label_path = folder / str(entry["labels_file"])
@@ -182,7 +183,7 @@ def read_study_folder(folder: str | os.PathLike) -> Study:
             if stacked.ndim == len(view.spatial_shape):
                 stacked = stacked[..., None]
             if stacked.shape[-1] != len(frames):
-                raise ValueError(f"{label_path}: {stacked.shape[-1]} label frames but {len(frames)} labelled_frames")
+                raise InputError(f"{label_path}: {stacked.shape[-1]} label frames but {len(frames)} labelled_frames")
             labels = {frame: stacked[..., i] for i, frame in enumerate(frames)}
         # The JSON keeps the float64 affine; NIfTI stores float32. Prefer the exact one when both agree.
         affine = view.affine

@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 
 from cinema.io.dicom import LPS_TO_RAS
+from cinema.io.errors import InputError
 from cinema.io.study import Study
 
 _CONTOUR_NAME = re.compile(r"^IM-\d+-(?P<number>\d+)-(?P<kind>[io])contour-manual\.txt$")
@@ -31,9 +32,9 @@ def read_contour_points(path: str | os.PathLike) -> np.ndarray:
     try:
         points = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as err:
-        raise ValueError(f"{path}: not a list of 'x y' points ({err})") from err
+        raise InputError(f"{path}: not a list of 'x y' points ({err})") from err
     if points.shape[1] != 2 or len(points) < 3 or not np.isfinite(points).all():
-        raise ValueError(f"{path}: a contour needs at least 3 finite 'x y' points, got shape {points.shape}")
+        raise InputError(f"{path}: a contour needs at least 3 finite 'x y' points, got shape {points.shape}")
     return points
 
 
@@ -73,7 +74,7 @@ def _locate(study: Study, dicom_path: Path) -> tuple[int, int]:
     i, j, k = sax.world_to_voxel(position)
     slice_index = int(round(k))
     if abs(i) > 0.01 or abs(j) > 0.01 or abs(k - slice_index) > 0.01 or not 0 <= slice_index < sax.image.shape[2]:
-        raise ValueError(f"{dicom_path}: image does not lie on the study's SAX grid (voxel {i:.3f}, {j:.3f}, {k:.3f})")
+        raise InputError(f"{dicom_path}: image does not lie on the study's SAX grid (voxel {i:.3f}, {j:.3f}, {k:.3f})")
     candidates = list(range(sax.n_frames))
     trigger_table = study.metadata.get("views", {}).get("sax", {}).get("trigger_times_ms")
     if trigger is not None and trigger_table:
@@ -86,7 +87,7 @@ def _locate(study: Study, dicom_path: Path) -> tuple[int, int]:
     for frame in candidates:
         if np.array_equal(sax.image[:, :, slice_index, frame], expected):
             return slice_index, frame
-    raise ValueError(f"{dicom_path}: no frame of SAX slice {slice_index} has this image's pixels")
+    raise InputError(f"{dicom_path}: no frame of SAX slice {slice_index} has this image's pixels")
 
 
 def read_sunnybrook_contours(exam_dir: str | os.PathLike, study: Study) -> dict[tuple[int, int], dict[str, np.ndarray]]:
@@ -112,8 +113,8 @@ def read_sunnybrook_contours(exam_dir: str | os.PathLike, study: Study) -> dict[
         key = "endo" if match["kind"] == "i" else "epi"
         result.setdefault(locations[number], {})[key] = rasterise_polygon(read_contour_points(path), shape)
     if not result:
-        raise ValueError(f"{contour_root}: no IM-*-[io]contour-manual.txt files")
+        raise InputError(f"{contour_root}: no IM-*-[io]contour-manual.txt files")
     missing_endo = [location for location, masks in result.items() if "endo" not in masks]
     if missing_endo:
-        raise ValueError(f"{contour_root}: epicardial contour without an endocardial one at {missing_endo[0]}")
+        raise InputError(f"{contour_root}: epicardial contour without an endocardial one at {missing_endo[0]}")
     return result

@@ -35,6 +35,7 @@ import yaml
 from torch import nn
 
 from cinema.config.official import model_config_from_dict, model_kind
+from cinema.io.errors import InputError
 from cinema.models.convunetr import ConvUNetR
 from cinema.models.convvit import ConvViT
 from cinema.models.mae import CineMA
@@ -79,9 +80,9 @@ def read_config(config: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any],
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+        raise InputError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+        raise InputError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
     return dict(data), path.parent
 
 
@@ -93,7 +94,7 @@ def build_model(config: str | Path | Mapping[str, Any]) -> nn.Module:
     except ValueError as err:
         if folder is None:
             raise
-        raise ValueError(f"{folder / 'config.yaml'}: {err}") from None
+        raise InputError(f"{folder / 'config.yaml'}: {err}") from None
 
 
 def _build(cfg: Mapping[str, Any]) -> nn.Module:
@@ -116,19 +117,19 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+            raise InputError(f"{path}: not a readable safetensors file ({err})") from None
     if path.suffix in (".pt", ".pth", ".ckpt"):
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several unrelated types for corrupt files
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{path}: not a readable torch checkpoint ({reason})") from None
+            raise InputError(f"{path}: not a readable torch checkpoint ({reason})") from None
         if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
             data = data["model"]
         if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-            raise ValueError(f"{path}: does not hold a state dict")
+            raise InputError(f"{path}: does not hold a state dict")
         return dict(data)
-    raise ValueError(f"{path}: unsupported weights format {path.suffix!r} (use .safetensors or .pt)")
+    raise InputError(f"{path}: unsupported weights format {path.suffix!r} (use .safetensors or .pt)")
 
 
 def _find_weights(folder: Path) -> Path:
@@ -140,7 +141,7 @@ def _find_weights(folder: Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no *.safetensors weights in {folder}")
     names = ", ".join(p.name for p in found)
-    raise ValueError(f"{folder} holds several weight files ({names}); pass the one to load as `weights`")
+    raise InputError(f"{folder} holds several weight files ({names}); pass the one to load as `weights`")
 
 
 def _describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], limit: int = 5) -> str | None:
@@ -163,7 +164,7 @@ def _describe_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], limi
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, assign: bool) -> None:
     problem = _describe_mismatch(model, state)
     if problem:
-        raise ValueError(f"weights {source} do not fit the model of its config: {problem}")
+        raise InputError(f"weights {source} do not fit the model of its config: {problem}")
     expected = model.state_dict()
     # keep the model's dtypes (a bf16 file loads into an fp32 model as fp32)
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}
@@ -186,7 +187,7 @@ def load_model(
     cfg, folder = read_config(config)
     if weights is None:
         if folder is None:
-            raise ValueError("load_model needs `weights` when the config is given as a dict")
+            raise InputError("load_model needs `weights` when the config is given as a dict")
         weights = _find_weights(folder)
     state = load_state_dict_file(weights)
     where = f"{folder / 'config.yaml'}: " if folder is not None else ""
@@ -195,7 +196,7 @@ def load_model(
         with torch.device("meta"):
             model = _build(cfg)
     except ValueError as err:
-        raise ValueError(f"{where}{err}") from None
+        raise InputError(f"{where}{err}") from None
     _load_strict(model, state, str(weights), assign=True)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:  # a module with non-persistent buffers: build it for real
@@ -223,7 +224,7 @@ def save_model(model: nn.Module, folder: str | Path) -> Path:
 
     config = getattr(model, "config", None)
     if not isinstance(config, Mapping):
-        raise ValueError(f"{type(model).__name__} has no official-format `config` dict; cannot save it")
+        raise InputError(f"{type(model).__name__} has no official-format `config` dict; cannot save it")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -282,11 +283,11 @@ def load_pretrained_encoder(
         state = load_state_dict_file(_find_weights(path) if path.is_dir() else path)
     views = list(getattr(model, "views", []))
     if not views or not hasattr(model, "enc_down_dict") or not hasattr(model, "encoder"):
-        raise ValueError(f"{type(model).__name__} has no CineMA encoder to initialise")
+        raise InputError(f"{type(model).__name__} has no CineMA encoder to initialise")
     has_fusion = hasattr(model, "enc_fusion_dict")
     for view in views:
         if not any(k.startswith(f"enc_down_dict.{view}.") for k in state):
-            raise ValueError(f"pre-trained weights {source} have no stem for view {view!r}")
+            raise InputError(f"pre-trained weights {source} have no stem for view {view!r}")
 
     prefixes = ["encoder."] + [f"enc_down_dict.{v}." for v in views]
     prefixes += [f"enc_fusion_dict.{v}." for v in views] if has_fusion else []
@@ -317,7 +318,7 @@ def load_pretrained_encoder(
             for label, keys in (("unexpected", unexpected), ("wrongly shaped", shaped), ("missing", missing))
             if keys
         ]
-        raise ValueError(f"pre-trained weights {source} do not fit {type(model).__name__}: {'; '.join(details)}")
+        raise InputError(f"pre-trained weights {source} do not fit {type(model).__name__}: {'; '.join(details)}")
     model.load_state_dict(loaded, strict=False)
     if freeze:
         for name, param in model.named_parameters():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cinema.io.errors import InputError
 from cinema.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -34,5 +35,5 @@ def make_task(config: FinetuneConfig) -> Task:
         )
     }
     if config.task not in tasks:
-        raise ValueError(f"unknown task {config.task!r}; expected one of {', '.join(tasks)}")
+        raise InputError(f"unknown task {config.task!r}; expected one of {', '.join(tasks)}")
     return tasks[config.task](config)

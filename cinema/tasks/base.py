@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cinema.config import FinetuneConfig
+from cinema.io.errors import InputError
 from cinema.preprocess.augment import augment_view, scale_intensity
 
 Batch = dict[str, Any]
@@ -104,7 +105,7 @@ class Task:
     def metric_mode(self, metric: str) -> str:
         if metric not in self.metric_modes:
             known = ", ".join(sorted(self.metric_modes))
-            raise ValueError(f"task {self.name} has no validation metric {metric!r} (available: {known})")
+            raise InputError(f"task {self.name} has no validation metric {metric!r} (available: {known})")
         return self.metric_modes[metric]
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, Sampler
 from cinema.config import FinetuneConfig
 from cinema.config.parse import resolve_path
 from cinema.io.datasets import parse_number
+from cinema.io.errors import InputError
 from cinema.io.study import CineView, Study
 from cinema.preprocess.augment import crop_or_pad
 from cinema.preprocess.slices import neighbour_slices
@@ -82,7 +83,7 @@ def _acdc_entries(root: Path) -> list[Entry]:
 
     folders = sorted(p for p in root.iterdir() if p.is_dir() and is_acdc_folder(p))
     if not folders:
-        raise ValueError(f"{root}: no ACDC patient folders (folders with Info.cfg)")
+        raise InputError(f"{root}: no ACDC patient folders (folders with Info.cfg)")
     entries = []
     for folder in folders:
         info = read_acdc_info(folder)
@@ -97,7 +98,7 @@ def _mnms_entries(root: Path, table_path: Path) -> list[Entry]:
     table = read_mnms_table(table_path)
     folders = sorted(p for p in root.iterdir() if is_mnms_folder(p))
     if not folders:
-        raise ValueError(f"{root}: no M&Ms subject folders")
+        raise InputError(f"{root}: no M&Ms subject folders")
     return [
         Entry(f.name, dict(table.get(f.name, {})), lambda f=f: read_mnms_subject(f, table), str(f)) for f in folders
     ]
@@ -111,7 +112,7 @@ def _manifest_entries(path: Path) -> list[Entry]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{path}: the manifest has no rows")
+        raise InputError(f"{path}: the manifest has no rows")
     entries = []
     for number, row in enumerate(rows, start=2):
         where = f"{path}:{number}"
@@ -121,7 +122,7 @@ def _manifest_entries(path: Path) -> list[Entry]:
     ids = [e.id for e in entries]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise ValueError(f"{path}: duplicate study ids {duplicates[:5]}")
+        raise InputError(f"{path}: duplicate study ids {duplicates[:5]}")
     return entries
 
 
@@ -142,10 +143,10 @@ def list_entries(config: FinetuneConfig) -> list[Entry]:
 def _class_of(meta: dict[str, Any], config: FinetuneConfig, where: str) -> str:
     column = config.data.class_column
     if column not in meta:
-        raise ValueError(f"{where}: no value in class column {column!r} (needed for classification)")
+        raise InputError(f"{where}: no value in class column {column!r} (needed for classification)")
     value = str(meta[column])
     if value not in config.data.classes:
-        raise ValueError(f"{where}: class {value!r} of column {column!r} is not in data.classes {config.data.classes}")
+        raise InputError(f"{where}: class {value!r} of column {column!r} is not in data.classes {config.data.classes}")
     return value
 
 
@@ -175,14 +176,14 @@ def split_entries(entries: list[Entry], config: FinetuneConfig) -> tuple[list[En
     if data.split_column is not None:
         for entry in entries:
             if data.split_column not in entry.metadata:
-                raise ValueError(f"{entry.source}: no value in split column {data.split_column!r}")
+                raise InputError(f"{entry.source}: no value in split column {data.split_column!r}")
         train = [e for e in entries if str(e.metadata[data.split_column]).lower() == "train"]
         val = [e for e in entries if str(e.metadata[data.split_column]).lower() in ("val", "validation")]
     elif data.val_ids is not None:
         known = {e.id for e in entries}
         missing = [i for i in data.val_ids if i not in known]
         if missing:
-            raise ValueError(f"config key 'data.val_ids': unknown study ids {missing[:5]}")
+            raise InputError(f"config key 'data.val_ids': unknown study ids {missing[:5]}")
         val = [e for e in entries if e.id in set(data.val_ids)]
         train = [e for e in entries if e.id not in set(data.val_ids)]
     else:
@@ -206,7 +207,7 @@ def split_entries(entries: list[Entry], config: FinetuneConfig) -> tuple[list[En
         chosen = set(rng.permutation(len(train))[:keep].tolist())
         train = [e for i, e in enumerate(train) if i in chosen]
     if not train:
-        raise ValueError("no training studies left after the split (check data.val_* / split_column / proportion)")
+        raise InputError("no training studies left after the split (check data.val_* / split_column / proportion)")
     return train, val
 
 
@@ -271,13 +272,13 @@ def _to_model_space(
 
 def _number(meta: dict[str, Any], column: str, where: str, what: str) -> float:
     if column not in meta:
-        raise ValueError(f"{where}: no value in column {column!r} ({what})")
+        raise InputError(f"{where}: no value in column {column!r} ({what})")
     try:
         value = float(meta[column])
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: column {column!r} ({what}) is not a number: {meta[column]!r}") from None
+        raise InputError(f"{where}: column {column!r} ({what}) is not a number: {meta[column]!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"{where}: column {column!r} ({what}) is not finite: {meta[column]!r}")
+        raise InputError(f"{where}: column {column!r} ({what}) is not finite: {meta[column]!r}")
     return value
 
 
@@ -291,12 +292,12 @@ def _regression_value(study: Study, meta: dict[str, Any], column: str, where: st
 
         sax = study.view("sax")
         if study.ed_frame not in sax.labels or study.es_frame not in sax.labels:
-            raise ValueError(f"{where}: {column} needs SAX label maps at ED and ES")
+            raise InputError(f"{where}: {column} needs SAX label maps at ED and ES")
         function = ventricular_function(sax.labels[study.ed_frame], sax.labels[study.es_frame], sax.affine)
         if not math.isfinite(function[column]):
-            raise ValueError(f"{where}: {column} is undefined (empty ventricle in the labels)")
+            raise InputError(f"{where}: {column} is undefined (empty ventricle in the labels)")
         return float(function[column])
-    raise ValueError(f"{where}: no value in column {column!r} (regression target)")
+    raise InputError(f"{where}: no value in column {column!r} (regression target)")
 
 
 def _task_frames(study: Study, config: FinetuneConfig, where: str) -> list[int]:
@@ -305,16 +306,16 @@ def _task_frames(study: Study, config: FinetuneConfig, where: str) -> list[int]:
         for name in config.views:
             labelled = set(study.view(name).labels)
             if not labelled:
-                raise ValueError(f"{where}: no {name} label maps; segmentation needs labelled frames")
+                raise InputError(f"{where}: no {name} label maps; segmentation needs labelled frames")
             common = labelled if common is None else common & labelled
         if not common:
-            raise ValueError(f"{where}: no frame is labelled in every view {config.views}")
+            raise InputError(f"{where}: no frame is labelled in every view {config.views}")
         return sorted(common)
     if config.task in STACKED_TASKS:
         needed = [("ED", study.ed_frame), ("ES", study.es_frame)][: config.n_frames]
         for phase, frame in needed:
             if frame is None:
-                raise ValueError(f"{where}: the {phase} frame is unknown ({config.n_frames}-frame input needs it)")
+                raise InputError(f"{where}: the {phase} frame is unknown ({config.n_frames}-frame input needs it)")
         return [frame for _, frame in needed]
     return [study.ed_frame if study.ed_frame is not None else 0]
 
@@ -333,13 +334,13 @@ def prepare_subject(entry: Entry, config: FinetuneConfig) -> Subject:
         view = study.views[name]
         for frame in frames:
             if frame >= view.n_frames:
-                raise ValueError(f"{where}: frame {frame} is outside the {view.n_frames} frames of {name}")
+                raise InputError(f"{where}: frame {frame} is outside the {view.n_frames} frames of {name}")
         if segmentation:
             for frame in frames:
                 values = np.unique(view.labels[frame])
                 bad = values[values >= config.out_chans]
                 if bad.size:
-                    raise ValueError(
+                    raise InputError(
                         f"{where}: {name} labels of frame {frame} hold {bad.tolist()}, outside the "
                         f"{config.out_chans} classes 0..{config.out_chans - 1} (model.out_chans)"
                     )
@@ -360,7 +361,7 @@ def prepare_subject(entry: Entry, config: FinetuneConfig) -> Subject:
         subject.time = _number(meta, config.data.time_column, where, "survival time")
         subject.event = _number(meta, config.data.event_column, where, "event indicator")
         if subject.time < 0 or subject.event not in (0.0, 1.0):
-            raise ValueError(
+            raise InputError(
                 f"{where}: survival time must be >= 0 and event 0 or 1, got {subject.time}, {subject.event}"
             )
     return subject

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from cinema.config import PretrainConfig
 from cinema.config.parse import resolve_path, save_config
 from cinema.io.atomic import check_apart_from_inputs
+from cinema.io.errors import InputError
 from cinema.models.inference import to_device
 from cinema.models.mae import CineMA
 from cinema.models.vit import patchify
@@ -272,7 +273,7 @@ def _load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, strateg
 def _check_resumable(saved: dict[str, Any], config: PretrainConfig, strategy: str, path: Path) -> None:
     check_resumable(saved["config"], config.to_dict(), path)
     if (saved["strategy"] == "fsdp") != (strategy == "fsdp"):
-        raise ValueError(f"cannot resume {path}: written with {saved['strategy']}, this run uses {strategy}")
+        raise InputError(f"cannot resume {path}: written with {saved['strategy']}, this run uses {strategy}")
 
 
 def save_official(model: nn.Module, state: dict[str, torch.Tensor], config: PretrainConfig, folder: Path) -> None:
@@ -359,7 +360,7 @@ def _setup(config: PretrainConfig, resume: bool, info: Dist) -> _Run:
     out = resolve_path(cfg.output_dir)
     checkpoint_path = out / CHECKPOINT
     if checkpoint_path.exists() and not resume:
-        raise ValueError(f"{out} already holds a run ({CHECKPOINT}); pass --resume or choose another output_dir")
+        raise InputError(f"{out} already holds a run ({CHECKPOINT}); pass --resume or choose another output_dir")
     resume = resume and checkpoint_path.exists()
     data_paths = [resolve_path(p) for p in (cfg.data.shards, cfg.data.index) if p]
     check_apart_from_inputs(out, data_paths, folder=True)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cinema.io.atomic import write_stream_atomic
+from cinema.io.errors import InputError
 
 __all__ = [
     "CHECKPOINT",
@@ -60,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config key 'train.device' is {name!r} but CUDA is not available")
+        raise InputError(f"config key 'train.device' is {name!r} but CUDA is not available")
     return device
 
 
@@ -101,7 +102,7 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: str | 
     old, new = _flatten(saved), _flatten(current)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUME_FREE_KEYS]
     if changed:
-        raise ValueError(f"cannot resume {path}: the config differs from the checkpoint's in {changed[:8]}")
+        raise InputError(f"cannot resume {path}: the config differs from the checkpoint's in {changed[:8]}")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
