@@ -23,20 +23,11 @@ import subprocess
 import sys
 import time
 
+from machine import cpu_name
+
 CASES = ("convunetr_sax", "mae_train", "unet2d_train")
 # the reference's timings; cases without one are compared with their own fp32 run
 REFERENCE_S = {"convunetr_sax": 6.1, "mae_train": 9.8}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _run_case(case: str, precision: str, repeats: int, threads: int, channels_last: bool, grad_ckpt: bool) -> dict:
@@ -133,7 +124,7 @@ def main() -> int:
 
     import torch
 
-    print(f"CPU: {_cpu_name()} ({os.cpu_count()} logical CPUs), torch threads: {args.threads}")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs), torch threads: {args.threads}")
     print(f"torch {torch.__version__}, python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'case':15s} {'precision':9s} {'median s':>9s} {'min s':>7s} {'cpu s':>7s} {'peak RSS':>9s} {'vs ref':>7s}")
     print("(vs ref: the reference's time, or this case's fp32 run where the reference has none)")

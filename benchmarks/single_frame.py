@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from cinema.analysis import segment
 from cinema.io import read_acdc_patient
@@ -35,16 +36,6 @@ from cinema.preprocess import crop_coverage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FULL_COVERAGE = 0.999
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 class _Fallbacks(logging.Handler):

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from browser import launch, sync_playwright_or_skip
 
 from cinema.analysis.analyze import OUTPUT_FILES
 from cinema.cli import main
@@ -351,34 +352,6 @@ def test_out_follows_the_output_safety_rule(cohort_inputs, tiny_weights, referen
 # The page in a real browser
 # -------------------------------------------------------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _playwright_or_skip():
-    """Playwright's sync API; skipped on a developer machine without Debian's chromium, a failure in CI."""
-    in_ci = bool(os.environ.get("CI"))
-    if not CHROMIUM.exists():
-        if in_ci:
-            pytest.fail(f"CI is set but {CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
-        pytest.skip(f"{CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if in_ci:
-            pytest.fail("CI is set but playwright is not installed (pip install -e '.[dev]')")
-        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
-    return sync_playwright
-
 
 def _column(page, index: int) -> list[str]:
     return page.eval_on_selector_all(
@@ -387,12 +360,12 @@ def _column(page, index: int) -> list[str]:
 
 
 def test_cohort_page_in_headless_chromium(reference):
-    sync_playwright = _playwright_or_skip()
+    sync_playwright = sync_playwright_or_skip()
     page_path = reference / "cohort.html"
     problems: list[str] = []
     requests: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch(playwright)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             # a CSP violation or a script error is a console error: the page must run cleanly under its own policy

@@ -28,6 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from browser import launch, sync_playwright_or_skip
 from dicom_factory import PHI, write_cine_series
 
 from cinema.analysis.analyze import OUTPUT_FILES, example_study_path
@@ -35,18 +36,6 @@ from cinema.cli import build_parser, main
 from cinema.serve import DEFAULT_HOST, Limits, ServeSettings, find_exam, is_loopback, make_server, unpack_upload
 from cinema.serve.upload import MB
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Without these flags chromium tries to reach the network (updates, sync, QUIC) and stalls on a machine without it.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ANALYSIS_WAIT_S = 600  # a guard against a hung job, not a performance requirement
 EXAM_FOLDER = "Doe_Janethrope_cine"  # a folder name carrying a patient name, as real exports often do
 
@@ -464,30 +453,14 @@ def test_jobs_are_removed_on_request_at_expiry_and_at_shutdown(work_dir):
 # -------------------------------------------------------------------------------------------------------------------
 
 
-def _playwright_or_skip():
-    """Playwright's sync API; skipped on a developer machine without Debian's chromium, a failure in CI."""
-    in_ci = bool(os.environ.get("CI"))
-    if not CHROMIUM.exists():
-        if in_ci:
-            pytest.fail(f"CI is set but {CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
-        pytest.skip(f"{CHROMIUM} not found: the browser test needs Debian's chromium (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if in_ci:
-            pytest.fail("CI is set but playwright is not installed (pip install -e '.[dev]')")
-        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
-    return sync_playwright
-
-
 def test_browser_upload_of_the_example_shows_its_ef(server, tmp_path, caplog):
-    sync_playwright = _playwright_or_skip()
+    sync_playwright = sync_playwright_or_skip()
     caplog.set_level(logging.DEBUG)
     archive = tmp_path / "example.zip"
     archive.write_bytes(_folder_zip(example_study_path(), "sunnybrook_scd0000301"))
     problems: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch(playwright)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             # A CSP violation or a script error shows up here: the page must run cleanly under its own policy.
