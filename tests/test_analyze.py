@@ -215,7 +215,9 @@ def test_report_is_self_contained_and_readable(example_out):
     text = (example_out / "report.html").read_text()
     assert 'src="http' not in text and "<script" not in text  # nothing to fetch, nothing to run
     images = re.findall(r'src="data:(image/(?:png|gif));base64,([A-Za-z0-9+/=]+)"', text)
-    assert [m for m, _ in images] == ["image/png", "image/png", "image/png", "image/gif"]  # curves, ED, ES, cine
+    # volume curves, AHA bullseye, volume rate curve, ED, ES, cine
+    assert [m for m, _ in images] == ["image/png"] * 5 + ["image/gif"]
+    assert 'alt="AHA bullseye of ED wall thickness and thickening"' in text and 'alt="LV volume rate curve"' in text
     from PIL import Image
 
     for _, data in images:

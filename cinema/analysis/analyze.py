@@ -1,12 +1,14 @@
 """`cinema analyze`: one exam in, clinical measurements, quality control and a report out.
 
 Pipeline: segment every stored SAX frame (`cinema.analysis.segment`) -> volume curves -> ED/ES -> LV/RV volumes,
-EF and LV mass (`cinema.analysis.measure`) -> QC sentences (`cinema.analysis.qc`) -> an output folder written
-atomically (built beside OUT, renamed into place only when complete):
+EF and LV mass (`cinema.analysis.measure`) -> regional measurements (AHA-segment wall thickness, thickening and
+contour strain from `cinema.analysis.regional`, volume-curve filling and ejection rates) -> QC sentences
+(`cinema.analysis.qc`) -> an output folder written atomically (built beside OUT, renamed into place only when
+complete):
 
 - ``seg_sax.nii.gz``: uint8 labels (1 RV, 2 MYO, 3 LV) with the input's exact shape and affine (3-D for a 3-D NIfTI);
 - ``volumes.csv``: one row per stored frame;
-- ``metrics.json``: `METRIC_KEYS` plus extras;
+- ``metrics.json``: `METRIC_KEYS` plus extras, the regional ones in one nested ``regional`` object;
 - ``report.html``: self-contained (embedded pictures), no patient-identifying fields;
 - ``cine_overlay.gif``: the mid-ventricular slice over time.
 
@@ -28,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from cinema.analysis.measure import cardiac_metrics, find_ed_es, label_series, volume_curves
-from cinema.analysis.qc import CONFIDENCE_NOT_AVAILABLE, quality_warnings
+from cinema.analysis.measure import cardiac_metrics, find_ed_es, label_series, volume_curves, volume_rates
+from cinema.analysis.qc import CONFIDENCE_NOT_AVAILABLE, quality_warnings, regional_warnings
+from cinema.analysis.regional import regional_analysis
+from cinema.io.errors import InputError
 from cinema.io.study import LAX_VIEWS, SAX, Study
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ __all__ = [
     "disease_probabilities",
     "example_study_path",
     "mitral_valve_landmarks",
+    "regional_measurements",
     "write_analysis",
 ]
 
@@ -107,6 +112,36 @@ def mitral_valve_landmarks(study: Study, landmark_model: Any | None = None) -> t
     summary["view"] = result.view
     summary["points_voxel_xy"] = np.round(result.voxel, 2).tolist()  # [frame][hinge 1, hinge 2, apex][x, y]
     return summary, ""
+
+
+def regional_measurements(
+    series: np.ndarray, ed: int, es: int, view: Any, lv_curve: np.ndarray, rr_interval_ms: float | None = None
+) -> dict[str, Any]:
+    """The ``regional`` object of metrics.json: AHA-segment wall thickness, thickening and contour strain
+    (`cinema.analysis.regional`), the LV volume-curve rates (`cinema.analysis.measure.volume_rates`) and a
+    ``summary`` of a few scalars for cohort tables.
+
+    Args:
+        series: (X, Y, Z, T) labels; ed, es: stored-frame indices; view: the SAX `CineView` (affine, frame times);
+        lv_curve: (T,) LV cavity volume (ml); rr_interval_ms: the R-R interval when the input records it.
+    """
+    regional = regional_analysis(series[..., ed], series[..., es] if es != ed else None, view.affine)
+    times = view.frame_times_ms if view.n_frames > 1 else None
+    regional["volume_rates"] = volume_rates(lv_curve, times, ed, es, rr_interval_ms=rr_interval_ms)
+    ed_max = [s["ed"]["thickness_max_mm"] for s in regional["segments"] if s["ed"]["thickness_max_mm"] is not None]
+    rates, overall = regional["volume_rates"], regional["global"]
+    regional["summary"] = {
+        "ed_wall_thickness_mean_mm": overall["ed_thickness_mean_mm"],
+        "ed_wall_thickness_max_mm": max(ed_max) if ed_max else None,
+        "radial_strain_pct": overall["radial_strain_pct"],
+        "circumferential_strain_pct": overall["circumferential_strain_pct"],
+        "peak_ejection_rate_ml_s": rates["peak_ejection_rate_ml_s"],
+        "peak_filling_rate_ml_s": rates["peak_filling_rate_ml_s"],
+        "peak_filling_rate_edv_s": rates["peak_filling_rate_edv_s"],
+        "time_to_peak_filling_ms": rates["time_to_peak_filling_ms"],
+        "e_a_ratio": rates["e_a_ratio"],
+    }
+    return regional
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -243,7 +278,13 @@ def analyze_study(
     scores = [v for v in confidence.values() if np.isfinite(v)]
     heart_confidence = float(np.mean(scores)) if scores else None
     metrics["qc_warnings"] = quality_warnings(series, ed, es, metrics, confidence=heart_confidence)
+    scanner = (study.metadata or {}).get("scanner") or {}
+    rr = scanner.get("rr_interval_ms") if isinstance(scanner, Mapping) else None
+    rr = float(rr) if isinstance(rr, int | float) and not isinstance(rr, bool) and rr > 0 else None
+    regional = regional_measurements(series, ed, es, view, curves["lv"], rr_interval_ms=rr)
+    metrics["qc_warnings"] += regional_warnings(regional)
     notes = [] if heart_confidence is not None else [CONFIDENCE_NOT_AVAILABLE]
+    notes += [n for n in (regional["volume_rates"]["note"], regional["volume_rates"]["e_a_note"]) if n]
     disease, features, disease_note = disease_probabilities(series, ed, es, view.spacing, classifier)
     landmarks, landmark_note = mitral_valve_landmarks(study, landmark_model)
     notes += [n for n, value in ((disease_note, disease), (landmark_note, landmarks)) if value is None]
@@ -261,6 +302,7 @@ def analyze_study(
             "disease_features": features,
             "mitral_valve_landmarks": landmarks,
             "mapse_mm": None if landmarks is None else landmarks["mapse_mm"],
+            "regional": regional,
             "qc_not_checked": [CONFIDENCE_NOT_AVAILABLE] if heart_confidence is None else [],
             "model": model_name,
             "n_frames": view.n_frames,
@@ -290,9 +332,11 @@ def volumes_csv(analysis: Analysis) -> str:
 def report_html(analysis: Analysis) -> tuple[str, bytes]:
     """(report.html text, cine_overlay.gif bytes)."""
     from cinema.analysis.report import (
+        bullseye_png,
         cine_gif_bytes,
         heart_box,
         mid_ventricular_slice,
+        rate_plot_png,
         render_report_html,
         slice_grid_png,
         volume_plot_png,
@@ -313,6 +357,12 @@ def report_html(analysis: Analysis) -> tuple[str, bytes]:
         view.image, analysis.labels, view.spacing, mid_ventricular_slice(analysis.labels, ed), frame_ms=frame_ms
     )
     summary = input_summary(analysis.study, metrics.get("model", ""), metrics.get("ed_es_source", ""))
+    regional = metrics.get("regional")
+    bullseye = rate = None
+    if regional and any(regional["levels"].values()):
+        bullseye = bullseye_png(regional["segments"])
+    if regional and regional["volume_rates"]["curve"] is not None:
+        rate = rate_plot_png(regional["volume_rates"], metrics.get("es_time_ms"))
     text = render_report_html(
         metrics=metrics,
         input_summary=summary,
@@ -322,6 +372,8 @@ def report_html(analysis: Analysis) -> tuple[str, bytes]:
         gif=gif if view.n_frames > 1 else None,
         not_checked=[n for n in analysis.notes if "not checked" in n],
         not_available=[n for n in analysis.notes if "not checked" not in n],
+        bullseye_png=bullseye,
+        rate_png=rate,
     )
     return text, gif
 
@@ -396,7 +448,7 @@ def analyze_path(
     n_frames = study.view(SAX).n_frames  # a clear error for an exam without a short-axis cine
     for flag, frame in (("--ed", ed), ("--es", es)):
         if frame is not None and not 0 <= frame < n_frames:
-            raise ValueError(f"{flag} {frame} is outside the {n_frames} stored frames (0-based, 0..{n_frames - 1})")
+            raise InputError(f"{flag} {frame} is outside the {n_frames} stored frames (0-based, 0..{n_frames - 1})")
     analysis = analyze_study(study, predictor, ed=ed, es=es, progress=progress, landmark_model=landmark_model)
     spatial_only = kind == "nifti" and len(nifti_shape(source)) == 3
     write_analysis(analysis, out_dir, force=force, spatial_only=spatial_only, inputs=[source, *other_inputs])
@@ -406,9 +458,11 @@ def analyze_path(
 def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     """A few console lines with the headline numbers and the QC warnings."""
 
-    def fmt(key: str, unit: str) -> str:
-        value = metrics.get(key)
+    def fmt_value(value: float | None, unit: str) -> str:
         return "n/a" if value is None else f"{value:.1f} {unit}"
+
+    def fmt(key: str, unit: str) -> str:
+        return fmt_value(metrics.get(key), unit)
 
     lines = [
         f"ED frame {metrics['ed_frame']}, ES frame {metrics['es_frame']} ({metrics.get('ed_es_source', '')})",
@@ -420,6 +474,14 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     warnings: Sequence[str] = metrics.get("qc_warnings", [])
     if metrics.get("mapse_mm") is not None:
         lines.append(f"MAPSE {metrics['mapse_mm']:.1f} mm ({metrics['mitral_valve_landmarks']['view']})")
+    summary = (metrics.get("regional") or {}).get("summary") or {}
+    if summary.get("ed_wall_thickness_mean_mm") is not None:
+        lines.append(
+            f"Regional: ED wall {summary['ed_wall_thickness_mean_mm']:.1f} mm (AHA bullseye in the report), "
+            f"thickening {fmt_value(summary.get('radial_strain_pct'), '%')}, "
+            f"circumferential strain {fmt_value(summary.get('circumferential_strain_pct'), '%')}, "
+            f"peak filling rate {fmt_value(summary.get('peak_filling_rate_ml_s'), 'ml/s')}"
+        )
     probabilities = metrics.get("disease_probabilities")
     if probabilities:
         best = metrics["disease_prediction"]

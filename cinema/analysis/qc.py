@@ -9,13 +9,14 @@ outside the physiological range. Thresholds are deliberately wide (adult disease
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from cinema.analysis.measure import CLASS_NAMES
 
-__all__ = ["CONFIDENCE_NOT_AVAILABLE", "PLAUSIBLE_RANGES", "quality_warnings"]
+__all__ = ["CONFIDENCE_NOT_AVAILABLE", "PLAUSIBLE_RANGES", "quality_warnings", "regional_warnings"]
 
 PRETTY = {"lv": "LV cavity", "rv": "RV cavity", "myo": "LV myocardium"}
 LABEL_OF = {name: value for value, name in CLASS_NAMES.items()}
@@ -182,5 +183,51 @@ def quality_warnings(
         warnings.append(
             f"Low model confidence: the mean top class probability in the heart is {confidence:.2f} "
             f"(below {MIN_CONFIDENCE:.2f}); the image may be unlike the training data."
+        )
+    return warnings
+
+
+def regional_warnings(regional: Mapping[str, Any]) -> list[str]:
+    """Plain-sentence QC warnings for the ``regional`` object of an analysis (`cinema.analysis.regional`): unsure
+    RV insertion points, an AHA level without a slice, and a long-axis direction at odds with the scanner's."""
+    warnings: list[str] = []
+    levels = regional.get("levels") or {}
+    if not any(levels.values()):
+        return ["No slice has an LV cavity surrounded by myocardium at ED: no regional measurements."]
+    empty = [name for name in ("basal", "mid", "apical") if not levels.get(name)]
+    if empty:
+        warnings.append(
+            f"No slice falls in the {' or '.join(empty)} third of the LV at ED: the AHA segments of that level are "
+            "not measured (too few slices cover the ventricle)."
+        )
+    # The RV does not reach the apex, so apical slices without insertion points are normal anatomy and take the
+    # septum of the other slices; at ES a slice without them keeps its ED septum. What deserves a look is a mid
+    # slice without them (the RV always borders the mid septum) or a basal or mid level where no slice has them.
+    ed_points = (regional.get("insertion_points") or {}).get("ed") or {}
+    unsure = {int(u["slice"]): str(u["reason"]).split(";")[0] for u in ed_points.get("unsure_slices") or []}
+    mid = [z for z in levels.get("mid") or [] if z in unsure]
+    if mid:
+        reasons = "; ".join(sorted({unsure[z] for z in mid}))
+        warnings.append(
+            f"RV insertion points are unsure at ED on mid-ventricular {_slices([z - 1 for z in mid])} ({reasons}): "
+            "the septum direction of the other slices was used there; check the segment positions."
+        )
+    for level in ("basal", "mid"):
+        numbers = levels.get(level) or []
+        if numbers and all(z in unsure for z in numbers):
+            warnings.append(
+                f"No {level} slice has RV insertion points at ED: the {level} segments are placed by the septum "
+                "direction of other slices (or of the RV centroid); check their positions."
+            )
+    orientation = regional.get("orientation") or {}
+    if orientation.get("apex_direction_agrees_with_anatomy") is False:
+        warnings.append(
+            "The apex found from the segmentation (the end where the LV narrows) points away from the patient's "
+            "left-anterior-inferior side in the scanner geometry: base and apex, and so the AHA levels, may be swapped."
+        )
+    if orientation.get("apex_end_guessed"):
+        warnings.append(
+            "The LV does not narrow towards either end of the stack: the apex was assumed at the high slice numbers, "
+            "so the basal and apical AHA levels may be swapped."
         )
     return warnings

@@ -17,7 +17,16 @@ import numpy as np
 
 from cinema.analysis.qc import MIN_CONFIDENCE
 
-__all__ = ["COLOURS", "cine_gif_bytes", "heart_box", "overlay_rgb", "render_report_html", "volume_plot_png"]
+__all__ = [
+    "COLOURS",
+    "bullseye_png",
+    "cine_gif_bytes",
+    "heart_box",
+    "overlay_rgb",
+    "rate_plot_png",
+    "render_report_html",
+    "volume_plot_png",
+]
 
 # label -> RGB: RV blue, myocardium bluish green, LV vermillion
 COLOURS = {1: (0, 114, 178), 2: (0, 158, 115), 3: (213, 94, 0)}
@@ -117,6 +126,108 @@ def volume_plot_png(
     axis.set_ylabel("volume (ml)")
     axis.grid(alpha=0.3)
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return _figure_png(figure)
+
+
+# AHA segments in the bullseye's clockwise-from-3-o'clock sector order per ring, with the angle (degrees from the
+# septal bisector, positive towards inferior) where the ring's first sector starts; `cinema.analysis.regional`
+# assigns the segments with the same sectors. Drawn with anterior up and the septum left, as seen from the apex.
+_BULLSEYE_RINGS = (
+    ("apical", (16, 13, 14, 15), -225.0, (0.2, 0.45)),
+    ("mid", (12, 7, 8, 9, 10, 11), -180.0, (0.45, 0.72)),
+    ("basal", (6, 1, 2, 3, 4, 5), -180.0, (0.72, 1.0)),
+)
+
+
+def bullseye_png(segments: Sequence[Mapping[str, Any]]) -> bytes:
+    """PNG of two AHA bullseyes (16 segments; the apical cap, segment 17, left blank): the ED wall thickness (mm)
+    and the systolic thickening (%), from the ``segments`` of the ``regional`` metrics; grey where not measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Wedge
+
+    by_number = {int(s["segment"]): s for s in segments}
+    panels = (
+        ("ED wall thickness (mm)", lambda s: s["ed"]["thickness_mean_mm"], "viridis", (0.0, 16.0)),
+        ("Systolic thickening (%)", lambda s: s.get("thickening_pct"), "cividis", (-20.0, 100.0)),
+    )
+    figure, axes = plt.subplots(1, 2, figsize=(9.0, 4.4))
+    for axis, (title, value_of, cmap_name, (low, high)) in zip(axes, panels, strict=True):
+        cmap = plt.get_cmap(cmap_name)
+        for _, numbers, start, (inner, outer) in _BULLSEYE_RINGS:
+            width = 360.0 / len(numbers)
+            for k, number in enumerate(numbers):
+                value = value_of(by_number[number]) if number in by_number else None
+                colour = "0.85" if value is None else cmap((float(value) - low) / (high - low))
+                # angle psi from the septal bisector is drawn at 180 + psi degrees (counter-clockwise from 3 o'clock)
+                theta1 = 180.0 + start + k * width
+                axis.add_patch(
+                    Wedge(
+                        (0, 0),
+                        outer,
+                        theta1,
+                        theta1 + width,
+                        width=outer - inner,
+                        facecolor=colour,
+                        edgecolor="white",
+                        linewidth=1.5,
+                    )
+                )
+                middle = np.radians(theta1 + width / 2)
+                radius = (inner + outer) / 2
+                text = "n/a" if value is None else f"{float(value):.0f}"
+                shade = "white" if value is not None and (float(value) - low) / (high - low) < 0.55 else "black"
+                axis.text(
+                    radius * np.cos(middle),
+                    radius * np.sin(middle),
+                    f"{number}\n{text}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=shade,
+                )
+        axis.set_xlim(-1.05, 1.05)
+        axis.set_ylim(-1.05, 1.05)
+        axis.set_aspect("equal")
+        axis.axis("off")
+        axis.set_title(title, fontsize=10)
+        axis.text(0, 1.04, "anterior", ha="center", va="bottom", fontsize=8, color="0.35")
+        axis.text(-1.04, 0, "septal", ha="right", va="center", fontsize=8, color="0.35", rotation=90)
+        mappable = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(low, high), cmap=cmap)
+        figure.colorbar(mappable, ax=axis, shrink=0.7, pad=0.02)
+    return _figure_png(figure)
+
+
+def rate_plot_png(rates: Mapping[str, Any], es_time_ms: float | None = None) -> bytes:
+    """PNG of the LV volume rate curve (ml/s, filling positive) with the peak ejection and filling rates marked,
+    from the ``volume_rates`` of the ``regional`` metrics (which must have a ``curve``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.asarray(rates["curve"]["time_ms"], dtype=float)
+    y = np.asarray(rates["curve"]["rate_ml_s"], dtype=float)
+    figure, axis = plt.subplots(figsize=(7.0, 3.2))
+    axis.plot(x, y, marker="o", markersize=3, color=np.asarray(COLOURS[3]) / 255.0, label="dV/dt (LV)")
+    axis.axhline(0, color="0.6", linewidth=0.8)
+    for index, text in ((int(np.argmin(y)), "PER"), (int(np.argmax(y)), "PFR")):
+        axis.annotate(
+            text,
+            (x[index], y[index]),
+            textcoords="offset points",
+            xytext=(0, 6 if y[index] > 0 else -12),
+            ha="center",
+            fontsize=9,
+        )
+    if es_time_ms is not None:
+        axis.axvline(es_time_ms, color="0.4", linestyle="--", linewidth=1)
+        axis.annotate("ES", (es_time_ms, axis.get_ylim()[1]), ha="center", va="bottom", fontsize=9)
+    axis.set_xlabel("time after R wave (ms), midpoint of each frame interval")
+    axis.set_ylabel("LV volume rate (ml/s)")
+    axis.grid(alpha=0.3)
     return _figure_png(figure)
 
 
@@ -221,6 +332,68 @@ def _disease_section(probabilities: Mapping[str, float] | None) -> str:
     )
 
 
+def _regional_section(regional: Mapping[str, Any] | None, bullseye: bytes | None, rate: bytes | None) -> str:
+    """The AHA bullseye, a table per segment, the global strains and the volume-curve rates, with their caveats."""
+    if not regional:
+        return ""
+    parts = ["<h2>Regional function (AHA 16 segments)</h2>"]
+    if bullseye is not None:
+        parts.append(_img(bullseye, "image/png", "AHA bullseye of ED wall thickness and thickening"))
+    header = (
+        "<tr><th>Segment</th><th>ED thickness mean / max (mm)</th><th>ES thickness mean / max (mm)</th>"
+        "<th>Thickening (%)</th><th>Circumferential strain (%)</th></tr>"
+    )
+    rows = []
+    for s in regional.get("segments", []):
+        ed, es = s["ed"], s["es"]
+        rows.append(
+            f"<tr><th>{int(s['segment'])} {html.escape(str(s['name']))}</th>"
+            f"<td class=num>{_fmt(ed['thickness_mean_mm'])} / {_fmt(ed['thickness_max_mm'])}</td>"
+            f"<td class=num>{_fmt(es['thickness_mean_mm'])} / {_fmt(es['thickness_max_mm'])}</td>"
+            f"<td class=num>{_fmt(s.get('thickening_pct'))}</td>"
+            f"<td class=num>{_fmt(s.get('circumferential_strain_pct'))}</td></tr>"
+        )
+    parts.append(f'<table id="segments">{header}{"".join(rows)}</table>')
+    overall = regional.get("global", {})
+    rates = regional.get("volume_rates") or {}
+    summary = [
+        ("LV wall thickness at ED, mean (mm)", _fmt(overall.get("ed_thickness_mean_mm"))),
+        ("Global radial strain (wall thickening, %)", _fmt(overall.get("radial_strain_pct"))),
+        ("Global circumferential strain (mid-wall, %)", _fmt(overall.get("circumferential_strain_pct"))),
+        (
+            "Peak ejection rate",
+            f"{_fmt(rates.get('peak_ejection_rate_ml_s'), 'ml/s', 0)} "
+            f"({_fmt(rates.get('peak_ejection_rate_edv_s'), 'EDV/s', 2)})",
+        ),
+        (
+            "Peak filling rate",
+            f"{_fmt(rates.get('peak_filling_rate_ml_s'), 'ml/s', 0)} "
+            f"({_fmt(rates.get('peak_filling_rate_edv_s'), 'EDV/s', 2)})",
+        ),
+        ("Time from ES to peak filling", _fmt(rates.get("time_to_peak_filling_ms"), "ms", 0)),
+        ("E/A filling ratio", _fmt(rates.get("e_a_ratio"), "", 2)),
+    ]
+    parts.append(
+        '<table id="regional-global">'
+        + "".join(f"<tr><th>{html.escape(k)}</th><td class=num>{html.escape(v)}</td></tr>" for k, v in summary)
+        + "</table>"
+    )
+    if rate is not None:
+        parts += ["<h3>LV volume rate</h3>", _img(rate, "image/png", "LV volume rate curve")]
+    levels = regional.get("levels", {})
+    level_text = "; ".join(
+        f"{name} {', '.join(str(z) for z in levels.get(name, [])) or 'none'}" for name in ("basal", "mid", "apical")
+    )
+    parts.append(
+        f'<p class="note">Slices per level (1-based): {html.escape(level_text)}. Thickness is measured along the '
+        "myocardium's normal on the mid-wall line; strain is contour-based (mid-wall length and wall thickness at "
+        "ED and ES), not feature tracking: it ignores through-plane motion and rotation and follows the "
+        "segmentation's borders. Segments are anchored on the RV insertion points; anterior/inferior assume the "
+        "input's orientation is the patient's.</p>"
+    )
+    return "\n".join(parts)
+
+
 def render_report_html(
     *,
     metrics: Mapping[str, Any],
@@ -231,8 +404,13 @@ def render_report_html(
     gif: bytes | None,
     not_checked: Sequence[str] = (),
     not_available: Sequence[str] = (),
+    bullseye_png: bytes | None = None,
+    rate_png: bytes | None = None,
 ) -> str:
-    """The report as one HTML string with every picture embedded (base64), readable offline and by e-mail."""
+    """The report as one HTML string with every picture embedded (base64), readable offline and by e-mail.
+
+    ``bullseye_png`` and ``rate_png`` (from `bullseye_png` and `rate_plot_png`) go with ``metrics["regional"]``.
+    """
     from cinema import __version__
 
     ed, es = metrics["ed_frame"], metrics["es_frame"]
@@ -285,6 +463,7 @@ def render_report_html(
         f'<ul class="note">{notes}</ul>' if notes else "",
         "<h2>Volume&ndash;time curves</h2>",
         _img(volume_png, "image/png", "volume-time curves"),
+        _regional_section(metrics.get("regional"), bullseye_png, rate_png),
         f'<h2>Segmentation at ED (frame {ed})</h2><p class="legend">{legend}</p>',
         _img(ed_png, "image/png", "ED overlays"),
     ]

@@ -3,7 +3,8 @@ pyarrow is installed).
 
 Columns: ``exam_id``, ``status`` (done | failed), ``error`` (one line), ``seconds``, ``model``, ``cinema_version``,
 then every scalar of the exam's metrics.json (volumes, EF, mass, ED/ES, model confidence, ...; the disease group
-probabilities as ``disease_p_<group>``), ``n_qc_warnings`` and ``qc_warnings`` (joined by "; "). Rows are sorted by
+probabilities as ``disease_p_<group>``; of the nested ``regional`` object only its ``summary`` scalars, as
+``regional_<name>``), ``n_qc_warnings`` and ``qc_warnings`` (joined by "; "). Rows are sorted by
 exam id, so the table of a resumed or merged cohort equals that of one uninterrupted run (but for ``seconds``).
 """
 
@@ -48,6 +49,8 @@ METRIC_COLUMNS = (
 )
 TRAILING_COLUMNS = ("n_qc_warnings", "qc_warnings")
 DISEASE_PREFIX = "disease_p_"
+# the regional object holds 16 segments x 2 phases; a table row takes only its handful of summary scalars
+REGIONAL_PREFIX = "regional_"
 # metrics.json keys that are not per-exam measurements of the table (the model has its own column)
 _LEFT_OUT = {"model", "qc_warnings"}
 
@@ -61,6 +64,9 @@ def metric_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
         if key == "disease_probabilities":
             for group, p in sorted((value or {}).items()):
                 row[f"{DISEASE_PREFIX}{group}"] = p
+        elif key == "regional":
+            for name, number in ((value or {}).get("summary") or {}).items():
+                row[f"{REGIONAL_PREFIX}{name}"] = number
         elif value is None or isinstance(value, str | int | float | bool):
             row[key] = value
     return row
