@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "example": "cinema.cli.example",
     "analyze": "cinema.cli.analyze",
     "segment": "cinema.cli.segment",
+    "predict": "cinema.cli.predict",
     "convert": "cinema.cli.convert",
     "finetune": "cinema.cli.finetune",
     "evaluate": "cinema.cli.evaluate",
