@@ -107,7 +107,7 @@ def test_lying_nifti_header_is_refused_in_bounded_memory(tmp_path, suffix, cap_m
         MEASURE.format(imports="from cinema.io import read_nifti_cine", path=str(path), call="read_nifti_cine(path)"),
         env={"CINEMA_MAX_IMAGE_MB": str(cap_mb)} if cap_mb else None,
     )
-    assert result["kind"] == "ValueError"
+    assert result["kind"] == "InputError"
     assert result["message"].startswith(f"{path}: ")
     assert "\n" not in result["message"]
     if cap_mb:
@@ -408,7 +408,7 @@ def test_large_deflate_bomb_is_refused_in_bounded_memory(tmp_path):
             call="with decoded_byte_limit(64 * MB):\n                read_dicom_study(path)",
         )
     )
-    assert result["kind"] == "ValueError"
+    assert result["kind"] == "InputError"
     assert result["message"].startswith(f"{files[0]}: the deflated DICOM data set inflates to more than the limit")
     assert result["peak_mb"] < 200, result
 

@@ -60,7 +60,7 @@ def test_index_cli_names_an_unreadable_file_and_writes_nothing(cohort: tuple[Pat
     (data / "good_sax.nii.gz").symlink_to(next((cohort[0] / "mnms2").glob("sax_ed.nii.gz")))
     (data / "broken_sax.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     out = tmp_path / "index.jsonl"
-    assert cinema.cli.main(["index", str(data), "-o", str(out)]) == 1
+    assert cinema.cli.main(["index", str(data), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "broken_sax.nii.gz" in err and err.count("\n") == 1
     assert not out.exists() and not list(tmp_path.glob(".*index*"))
@@ -170,9 +170,9 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys) -> None:
         pretrain_config_from_dict(base, ["model.views=[sax,lax_5c]"])
     config = tmp_path / "c.yaml"
     config.write_text(json.dumps(base))
-    assert cinema.cli.main(["pretrain", str(config), "train.precision=fp8"]) == 1
+    assert cinema.cli.main(["pretrain", str(config), "train.precision=fp8"]) == 2
     assert "train.precision" in capsys.readouterr().err
-    assert cinema.cli.main(["pretrain", str(config)]) == 1  # the index does not exist
+    assert cinema.cli.main(["pretrain", str(config)]) == 2  # the index does not exist
     assert "x.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 

@@ -174,10 +174,10 @@ def test_command_line(landmarks: Path, tmp_path: Path, monkeypatch, capsys) -> N
     assert "finished 2 epochs (6 steps)" in capsys.readouterr().out
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
-    assert run_cli(monkeypatch, str(path), "train.n_epochs=2", "--quiet") == 1
+    assert run_cli(monkeypatch, str(path), "train.n_epochs=2", "--quiet") == 2
     assert "already holds a run" in capsys.readouterr().err
 
-    assert run_cli(monkeypatch, str(path), "train.learning_rate=1") == 1
+    assert run_cli(monkeypatch, str(path), "train.learning_rate=1") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("cinema finetune: error: ") and "unknown config key 'train.learning_rate'" in err
     assert len(err.splitlines()) == 1

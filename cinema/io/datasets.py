@@ -158,15 +158,28 @@ def is_acdc_folder(path: str | os.PathLike) -> bool:
 # --------------------------------------------------------------------------------------------------------- M&Ms
 
 
+# the subject column of each published information CSV: M&Ms, M&Ms-2 (dataset_information.csv), CineMA's own
+_MNMS_SUBJECT_COLUMNS = ("External code", "SUBJECT_CODE", "pid")
+
+
 def read_mnms_table(csv_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The M&Ms information CSV keyed by subject ("External code"); ED/ES columns are 0-based frame indices."""
+    """An M&Ms information CSV keyed by subject folder name: M&Ms ("External code"; ED/ES columns are 0-based frame
+    indices) or M&Ms-2's ``dataset_information.csv`` as published ("SUBJECT_CODE" numbers 1..360 name the folders
+    001..360; DISEASE, VENDOR, SCANNER, FIELD ...)."""
     csv_path = Path(csv_path)
     rows = _read_csv_rows(csv_path)
+    column = next((c for c in _MNMS_SUBJECT_COLUMNS if c in rows[0]), None)
+    if column is None:
+        raise InputError(f"{csv_path}: no subject column (one of {', '.join(_MNMS_SUBJECT_COLUMNS)})")
     table = {}
     for row in rows:
-        code = (row.get("External code") or row.get("pid") or "").strip()
+        code = (row.get(column) or "").strip()
         if not code:
-            raise InputError(f"{csv_path}: a row has no 'External code' (subject) value")
+            if not any((v or "").strip() for v in row.values()):
+                continue  # the published M&Ms-2 CSV ends with empty rows
+            raise InputError(f"{csv_path}: a row has no {column!r} (subject) value")
+        if column == "SUBJECT_CODE" and code.isdigit():
+            code = f"{int(code):03d}"  # M&Ms-2's folders are zero-padded
         table[code] = {k: parse_number(v) for k, v in row.items() if k and k.strip() and v not in (None, "")}
     return table
 
@@ -211,7 +224,7 @@ def read_mnms_subject(
         labels = {t: stacked[..., t] for t in labelled}
     view = CineView(image=view.image, affine=view.affine, labels=labels, source=str(image_path), name=SAX)
     metadata = {"source_format": "mnms", "subject_id": subject}
-    metadata.update({k: v for k, v in row.items() if k not in ("ED", "ES", "External code")})
+    metadata.update({k: v for k, v in row.items() if k not in ("ED", "ES", *_MNMS_SUBJECT_COLUMNS)})
     return Study(views={SAX: view}, ed_frame=ed_frame, es_frame=es_frame, metadata=metadata, source=str(folder))
 
 
@@ -260,7 +273,7 @@ def _read_mnms2_subject(folder: Path, row: dict[str, Any]) -> Study:
     if any(folder.glob(f"{subject}_LA_*.nii.gz")):
         views["lax_4c"], _, _ = _read_mnms2_view(folder, subject, "LA", "lax_4c")
     metadata = {"source_format": "mnms2", "subject_id": subject}
-    metadata.update({k: v for k, v in row.items() if k not in ("ED", "ES", "External code")})
+    metadata.update({k: v for k, v in row.items() if k not in ("ED", "ES", *_MNMS_SUBJECT_COLUMNS)})
     return Study(views=views, ed_frame=ed_frame, es_frame=es_frame, metadata=metadata, source=str(folder))
 
 
@@ -383,3 +396,122 @@ def nifti_shape(path: str | os.PathLike) -> tuple[int, ...]:
         return tuple(int(n) for n in nib.load(str(path)).shape)
     except Exception as err:
         raise InputError(f"{path}: unreadable NIfTI header ({type(err).__name__}: {err})") from err
+
+
+# ------------------------------------------------------------------------------------------------ CineMA preprocessed
+
+CINEMA_LAYOUT_DOC = """\
+The layout CineMA's own preprocessing writes (and its Hugging Face dataset copies, e.g. mathpluscode/ACDC):
+  <root>/<split>_metadata.csv or <root>/<split>.csv   one row per subject, column pid (+ pathology, vendor, ...)
+  <root>/<split>/<pid>/<pid>_<view>_ed.nii.gz, _es    ED / ES frames of a view (sax, lax_2c, lax_3c, lax_4c)
+  <root>/<split>/<pid>/<pid>_<view>_ed_gt.nii.gz, _es_gt   their labels (0 bg, 1 RV, 2 MYO, 3 LV)
+  <root>/<split>/<pid>/<pid>_<view>_t.nii.gz          the whole cine, where it was kept (ACDC)
+Images are already in model space (1 x 1 x 10 mm SAX cropped to 192 x 192, LAX 1 x 1 mm 256 x 256 stored as
+(x, y, 1)). ED / ES of a cine: the row's ed_frame / es_frame (ACDC's Info.cfg numbers, 1-based), else the cine frame
+equal to the ED / ES file; where neither places them, the view is the ED and ES files (frames 0 and 1).
+"""
+
+_CINEMA_PHASES = ("ed", "es", "t")
+
+
+def _cinema_file(folder: Path, view: str, part: str) -> Path:
+    return folder / f"{folder.name}_{view}_{part}.nii.gz"
+
+
+def is_cinema_preprocessed_folder(path: str | os.PathLike) -> bool:
+    """A subject folder of CineMA's preprocessed layout (``<pid>/<pid>_sax_ed.nii.gz`` ...)."""
+    path = Path(path)
+    return path.is_dir() and any(
+        _cinema_file(path, view, part).is_file() for view in VIEW_NAMES for part in _CINEMA_PHASES
+    )
+
+
+def _cinema_table_beside(folder: Path) -> dict[str, Any]:
+    """The metadata row of a subject folder from its split's CSV (``<root>/<split>_metadata.csv`` or
+    ``<root>/<split>.csv``), or {} when there is none."""
+    root, split = folder.parent.parent, folder.parent.name
+    for csv_path in (root / f"{split}_metadata.csv", root / f"{split}.csv"):
+        if csv_path.is_file():
+            return cinema_preprocessed_table(csv_path).get(folder.name, {})
+    return {}
+
+
+def cinema_preprocessed_table(csv_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """pid -> the row of a CineMA metadata CSV (numbers parsed)."""
+    csv_path = Path(csv_path)
+    rows = _read_csv_rows(csv_path)
+    if "pid" not in rows[0]:
+        raise InputError(f"{csv_path}: a CineMA metadata CSV has a 'pid' column")
+    table = {}
+    for row in rows:
+        pid = (row.get("pid") or "").strip()
+        if pid:
+            # the reference writes M&Ms-2 ids as numbers: 1 and 001 name the same folder
+            table[f"{int(pid):03d}" if pid.isdigit() and len(pid) < 3 else pid] = {
+                k: parse_number(v) for k, v in row.items() if k and (v or "").strip() != ""
+            }
+    return table
+
+
+def _cinema_view(folder: Path, view: str, row: dict[str, Any]) -> tuple[CineView, int | None, int | None] | None:
+    phases = {}
+    for phase in ("ed", "es"):
+        path = _cinema_file(folder, view, phase)
+        if path.is_file():
+            image = read_nifti_cine(path, view=view)
+            label_path = _cinema_file(folder, view, f"{phase}_gt")
+            label = None
+            if label_path.is_file():
+                label = read_label_nifti(label_path, image.spatial_shape, image.affine).reshape(image.spatial_shape)
+            phases[phase] = (path, image, label)
+    cine_path = _cinema_file(folder, view, "t")
+    if cine_path.is_file():
+        cine = read_nifti_cine(cine_path, view=view)
+        index: dict[str, int] = {}
+        for phase in phases:
+            frame = row.get(f"{phase}_frame") if view == SAX else None
+            if isinstance(frame, int) and 1 <= frame <= cine.n_frames:
+                index[phase] = frame - 1  # Info.cfg numbers frames from 1
+            else:
+                try:
+                    index[phase] = _matching_frame(cine, phases[phase][1].image, phases[phase][0])
+                except InputError:
+                    break
+        if len(index) == len(phases):
+            labels = {index[p]: lab for p, (_, _, lab) in phases.items() if lab is not None}
+            view_ = CineView(image=cine.image, affine=cine.affine, labels=labels, source=str(folder), name=view)
+            return view_, index.get("ed"), index.get("es")
+        if not phases:
+            return CineView(image=cine.image, affine=cine.affine, source=str(folder), name=view), None, None
+    if not phases:
+        return None
+    first = next(iter(phases.values()))[1]
+    for path, image, _ in phases.values():
+        if image.spatial_shape != first.spatial_shape or image.n_frames != 1:
+            raise InputError(f"{path}: ED and ES of {view} must be single frames of one grid")
+    order = list(phases)
+    labels = {i: phases[p][2] for i, p in enumerate(order) if phases[p][2] is not None}
+    image = np.concatenate([phases[p][1].image for p in order], axis=-1)
+    stacked = CineView(image=image, affine=first.affine, labels=labels, source=str(folder), name=view)
+    return stacked, order.index("ed") if "ed" in phases else None, order.index("es") if "es" in phases else None
+
+
+def read_cinema_preprocessed(folder: str | os.PathLike, row: dict[str, Any] | None = None) -> Study:
+    """One subject folder of CineMA's preprocessed layout (see `CINEMA_LAYOUT_DOC`) as a `Study`.
+
+    ``row``: its metadata row; None reads it from the split's CSV beside the folder when there is one.
+    """
+    folder = Path(folder)
+    if not is_cinema_preprocessed_folder(folder):
+        raise InputError(f"{folder}: no {folder.name}_<view>_ed/_es/_t.nii.gz files (CineMA preprocessed layout)")
+    row = dict(_cinema_table_beside(folder) if row is None else row)
+    views, phases = {}, {}
+    for view in VIEW_NAMES:
+        found = _cinema_view(folder, view, row)
+        if found is not None:
+            views[view], *phases[view] = found
+    reference = SAX if SAX in views else next(iter(views))
+    ed, es = phases[reference]
+    metadata = {"source_format": "cinema_preprocessed", "subject_id": folder.name}
+    metadata.update({k: v for k, v in row.items() if k not in ("pid", "ed_frame", "es_frame")})
+    return Study(views=views, ed_frame=ed, es_frame=es, metadata=metadata, source=str(folder))

@@ -67,13 +67,13 @@ def check_decoded_size(source: object, n_bytes: int, what: str = "image data") -
         )
 
 
-def read_error(source: object, err: OSError) -> ValueError:
-    """The ValueError for a file the system will not let us read: named to the user, never silently skipped."""
+def read_error(source: object, err: OSError) -> InputError:
+    """The error for a file the system will not let us read: named to the user, never silently skipped."""
     if isinstance(err, PermissionError):
         reason = "permission denied"
     else:
         reason = (err.strerror or str(err) or type(err).__name__).rstrip(".").lower()
-    return ValueError(f"{source}: cannot read: {reason}")
+    return InputError(f"{source}: cannot read: {reason}")
 
 
 def out_of_memory(source: object, n_bytes: int, what: str = "image data") -> ValueError:

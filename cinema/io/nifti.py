@@ -126,9 +126,9 @@ def _check_cap(path: Path, layout: _Layout) -> None:
     check_decoded_size(path, layout.offset, f"the {layout.offset} bytes before the voxels (the header's vox_offset)")
 
 
-def _too_short(path: Path, layout: _Layout, held: int, where: str) -> ValueError:
+def _too_short(path: Path, layout: _Layout, held: int, where: str) -> InputError:
     shape = "×".join(map(str, layout.shape))
-    return ValueError(
+    return InputError(
         f"{path}: header claims {format_bytes(layout.n_bytes)} of voxels ({shape} {layout.dtype.name}) but {where} "
         f"holds only {format_bytes(max(held - layout.offset, 0))} after its {layout.offset}-byte header "
         "(truncated or damaged file?)"
@@ -357,9 +357,12 @@ def read_nifti_cine(path: str | os.PathLike, view: str | None = None) -> CineVie
         raise InputError(f"{path}: expected a 3-D frame or a 4-D cine (x, y, z, t), got shape {data.shape}")
     if name is None:
         if data.shape[2] == 1:
+            # one slice over time is most often a long-axis cine: reading it as a one-slice short-axis stack would
+            # give volumes of zero without a word, so the user names the view
             raise InputError(
-                f"{path}: single-slice image and the file name does not say which long-axis view it is "
-                "(name it lax_2c/lax_3c/lax_4c or pass the view)"
+                f"{path}: single-slice image and the file name does not say which view it is: name it with --view "
+                "lax_4c (or lax_2c, lax_3c) for a long-axis cine, --view sax for a one-slice short-axis stack "
+                "(Python: read_study(path, view=...)), or put the view in the file name (..._lax_4c.nii.gz)"
             )
         name = SAX
     if name in LAX_VIEWS:
@@ -469,10 +472,13 @@ def write_cine_nifti(view: CineView, path: str | os.PathLike) -> Path:
     return write_nifti(view.as_4d(), view.affine, path, time_step_ms=step)
 
 
-def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+def write_label_nifti(
+    labels: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, keep_2d: bool = False
+) -> Path:
     """Atomically write an integer label map (x, y[, z[, t]]) as uint8 NIfTI with exactly `affine`.
 
-    A 2-D (long-axis) map is stored with a single-slice third axis, so the file's shape is (x, y, 1).
+    A 2-D (long-axis) map is stored with a single-slice third axis, so the file's shape is (x, y, 1), unless
+    ``keep_2d`` (the labels of a 2-D input file keep its shape).
     """
     path = Path(path)
     labels = np.asarray(labels)
@@ -487,7 +493,7 @@ def write_label_nifti(labels: np.ndarray, affine: np.ndarray, path: str | os.Pat
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise InputError(f"{path}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
-    if labels.ndim == 2:
+    if labels.ndim == 2 and not keep_2d:
         labels = labels[:, :, None]
     return write_nifti(labels, affine, path, dtype=np.dtype(np.uint8), description=LABEL_MAP_DESCRIPTION)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cinema.io.datasets import is_acdc_folder, is_mnms_folder, read_acdc_patient, read_mnms_subject
+from cinema.io.datasets import (
+    is_acdc_folder,
+    is_cinema_preprocessed_folder,
+    is_mnms_folder,
+    read_acdc_patient,
+    read_cinema_preprocessed,
+    read_mnms_subject,
+)
 from cinema.io.dicom import read_dicom_study
 from cinema.io.errors import InputError
 from cinema.io.nifti import is_nifti_path, read_nifti_cine
@@ -14,7 +21,8 @@ from cinema.io.study_folder import is_study_folder, read_study_folder
 
 
 def detect_input_kind(path: str | os.PathLike) -> str:
-    """One of "nifti", "study_folder", "acdc", "mnms", "dicom" (checked in that order), or ValueError."""
+    """One of "nifti", "study_folder", "acdc", "mnms", "cinema_preprocessed", "dicom" (checked in that order), or
+    ValueError."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -30,13 +38,16 @@ def detect_input_kind(path: str | os.PathLike) -> str:
         return "acdc"
     if is_mnms_folder(path):
         return "mnms"
+    if is_cinema_preprocessed_folder(path):
+        return "cinema_preprocessed"
     return "dicom"
 
 
 def read_study(
     path: str | os.PathLike, view: str | None = None, keep_phi: bool = False, study: str | None = None
 ) -> Study:
-    """Read a study from a NIfTI file, a `cinema convert` folder, an ACDC/M&Ms folder or a DICOM folder.
+    """Read a study from a NIfTI file, a `cinema convert` folder, an ACDC/M&Ms folder, a subject folder of CineMA's
+    preprocessed layout (``<pid>/<pid>_sax_ed.nii.gz`` ...) or a DICOM folder.
 
     `view` names the view of a NIfTI file when its name does not; `keep_phi` keeps patient fields of DICOM input;
     `study` picks one study (its pseudonym or UID) of a DICOM folder holding several, which is otherwise refused.
@@ -52,6 +63,8 @@ def read_study(
         return read_acdc_patient(path)
     if kind == "mnms":
         return read_mnms_subject(path)
+    if kind == "cinema_preprocessed":
+        return read_cinema_preprocessed(path)
     if path.is_file():
         raise InputError(f"{path}: a single file is not a cine study; pass the folder holding the exam's DICOM files")
     return read_dicom_study(path, keep_phi=keep_phi, study=study)

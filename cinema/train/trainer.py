@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from cinema.config import FinetuneConfig
 from cinema.config.parse import resolve_path, save_config
 from cinema.io.atomic import check_apart_from_inputs, write_text_atomic
+from cinema.io.errors import InputError
 from cinema.models.inference import to_device
 from cinema.tasks import make_task
 from cinema.train.datasets import build_datasets, derive_seed
@@ -139,7 +140,7 @@ class Trainer:
         cfg = self.config
         checkpoint = self.output_dir / CHECKPOINT
         if checkpoint.exists() and not self.resume:
-            raise ValueError(
+            raise InputError(
                 f"{self.output_dir} already holds a run ({CHECKPOINT}); resume it or choose another output_dir"
             )
         if self.resume and not checkpoint.exists():
