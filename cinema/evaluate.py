@@ -8,6 +8,14 @@ official-format model folder can be scored instead (``weights``).
   (the same path ``cinema segment`` takes), so Dice, HD95 (mm), volumes (ml), EF (%) and LV mass (g) are computed on
   each image's own grid and spacing against its own manual labels at ED and ES. Function indices get Bland-Altman
   statistics (MAE, bias, limits of agreement) and a plot each.
+- Segmentation (a long-axis view, e.g. the official ``mnms2_lax_4c`` model on M&Ms-2 LAX 4C labels): the same
+  pipeline on the view's labelled frames; ED / ES are the input's when the study has no SAX cine (its frames are
+  then the view's), else the labelled frames of largest / smallest manual LV area. Dice and HD95 (mm, in the image
+  plane) per class at ED and ES, and as function indices the LV / RV areas (mm^2) at ED and ES and their fractional
+  area change (%), predicted and manual.
+- Segmentation without masks (``data.format: kaggle``, the Data Science Bowl's studies and volumes CSV): every
+  stored SAX frame is segmented and, as in the reference's evaluation, EDV = the largest and ESV = the smallest LV
+  volume over the frames; they and EF are compared with the CSV's Diastole / Systole volumes (Bland-Altman).
 - Classification, regression, landmarks, survival: studies go through the trainer's own model-space preparation
   (`cinema.train.datasets.prepare_subject`, the validation dataset and the task's evaluation transform), so the
   numbers are those the trainer's validation would report, now kept per case (probabilities, restored regression
@@ -57,6 +65,15 @@ FUNCTION_QUANTITIES: tuple[tuple[str, str, str], ...] = (
     ("rv_esv", "RV end-systolic volume", "ml"),
     ("rv_ef", "RV ejection fraction", "%"),
     ("lv_mass", "LV mass", "g"),
+)
+# The same for a long-axis segmentation: areas in the image plane and their fractional change.
+LAX_FUNCTION_QUANTITIES: tuple[tuple[str, str, str], ...] = (
+    ("lv_eda", "LV end-diastolic area", "mm2"),
+    ("lv_esa", "LV end-systolic area", "mm2"),
+    ("lv_fac", "LV fractional area change", "%"),
+    ("rv_eda", "RV end-diastolic area", "mm2"),
+    ("rv_esa", "RV end-systolic area", "mm2"),
+    ("rv_fac", "RV fractional area change", "%"),
 )
 # Quantities whose scan-rescan reproducibility is reported (prediction and manual reference).
 RESCAN_QUANTITIES = ("lv_ef", "lv_edv", "lv_esv")
@@ -226,6 +243,116 @@ def segmentation_rows(
     return rows
 
 
+def _area_function(ed: np.ndarray, es: np.ndarray | None, pixel_mm2: float) -> dict[str, float]:
+    """LV / RV areas (mm^2) at ED and ES and their fractional area change (%) of two 2-D label maps."""
+    out: dict[str, float] = {}
+    for name, value in (("lv", 3), ("rv", 1)):
+        at_ed = float((ed == value).sum()) * pixel_mm2
+        at_es = float((es == value).sum()) * pixel_mm2 if es is not None else float("nan")
+        out[f"{name}_eda"], out[f"{name}_esa"] = at_ed, at_es
+        out[f"{name}_fac"] = (at_ed - at_es) / at_ed * 100.0 if at_ed > 0 else float("nan")
+    return out
+
+
+def lax_segmentation_rows(
+    entries: Sequence[Entry],
+    weights: str | Path,
+    view: str,
+    device: str = "cpu",
+    postprocess: bool = True,
+    batch_size: int = 32,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per study of a long-axis segmentation model: Dice and HD95 per class at ED and ES (NaN for ES when
+    one frame is labelled), LV / RV areas and fractional area change, predicted and manual (see the module notes)."""
+    import torch
+
+    from cinema.analysis.segment import SegmentationPredictor
+    from cinema.metrics import ACDC_CLASSES, dice_per_class, hausdorff95_mm
+
+    predictor = SegmentationPredictor.from_weights(
+        weights, device=device, postprocess=postprocess, batch_size=batch_size
+    )
+    if predictor.model.view != view:
+        raise InputError(f"{weights}: the model segments {predictor.model.view}, the run's view is {view}")
+    rows = []
+    with torch.no_grad():
+        for entry in entries:
+            study = entry.load()
+            cine = study.view(view)
+            labelled = sorted(cine.labels)
+            if not labelled:
+                raise InputError(f"{entry.source}: no manual {view} labels to evaluate against")
+            known = (study.ed_frame, study.es_frame)
+            if "sax" not in study.views and all(f in cine.labels for f in known):
+                ed, es = known
+            else:  # the study's ED / ES index its SAX cine: the view's own from its manual LV areas
+                lv = [int((cine.labels[f] == 3).sum()) for f in labelled]
+                ed = labelled[int(np.argmax(lv))]
+                others = [f for f in labelled if f != ed]
+                es = others[int(np.argmin([int((cine.labels[f] == 3).sum()) for f in others]))] if others else None
+            pred = predictor.segment_study(study, frames=sorted({ed} | ({es} if es is not None else set())))
+            row: dict[str, Any] = {"id": entry.id, **case_metadata(entry, study.metadata), "view": view}
+            for phase, frame in (("ed", ed), ("es", es)):
+                dice = dice_per_class(pred[frame], cine.labels[frame]) if frame is not None else {}
+                hd95 = hausdorff95_mm(pred[frame], cine.labels[frame], cine.spacing[:2]) if frame is not None else {}
+                for label, name in ACDC_CLASSES.items():
+                    row[f"dice_{phase}_{name}"] = dice.get(label, float("nan"))
+                    row[f"hd95_{phase}_{name}"] = hd95.get(label, float("nan"))
+            pixel = float(cine.spacing[0] * cine.spacing[1])
+            predicted = _area_function(pred[ed], pred[es] if es is not None else None, pixel)
+            manual = _area_function(cine.labels[ed], cine.labels[es] if es is not None else None, pixel)
+            for key in predicted:
+                row[f"{key}_pred"], row[f"{key}_true"] = predicted[key], manual[key]
+            rows.append(row)
+            if progress:
+                progress(f"{entry.id}: LV Dice ED {row['dice_ed_lv']:.3f}, ES {row['dice_es_lv']:.3f}")
+    return rows
+
+
+def volume_rows(
+    entries: Sequence[Entry],
+    weights: str | Path,
+    device: str = "cpu",
+    postprocess: bool = True,
+    batch_size: int = 32,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per study without masks: predicted LV EDV / ESV (max / min of the LV volume curve over every stored
+    frame) and EF against the reference volumes of its metadata (``Diastole`` / ``Systole``, ml)."""
+    import torch
+
+    from cinema.analysis.measure import label_series, volume_curves
+    from cinema.analysis.segment import SegmentationPredictor
+    from cinema.metrics import ejection_fraction
+
+    predictor = SegmentationPredictor.from_weights(
+        weights, device=device, postprocess=postprocess, batch_size=batch_size
+    )
+    rows = []
+    with torch.no_grad():
+        for entry in entries:
+            study = entry.load()
+            view = study.view("sax")
+            labels = predictor.segment_study(study)
+            lv = volume_curves(label_series(labels, view.n_frames), view.spacing)["lv"]
+            edv, esv = float(lv.max()), float(lv.min())
+            true_edv = float(entry.metadata.get("Diastole", float("nan")))
+            true_esv = float(entry.metadata.get("Systole", float("nan")))
+            row = {"id": entry.id, **case_metadata(entry, study.metadata), "n_frames": view.n_frames}
+            row |= {"lv_edv_pred": edv, "lv_edv_true": true_edv, "lv_esv_pred": esv, "lv_esv_true": true_esv}
+            row["lv_ef_pred"] = float(ejection_fraction(edv, esv)) if edv > 0 else float("nan")
+            row["lv_ef_true"] = float(ejection_fraction(true_edv, true_esv)) if true_edv > 0 else float("nan")
+            rows.append(row)
+            if progress:
+                progress(f"{entry.id}: LVEF {row['lv_ef_pred']:.1f} % (reference {row['lv_ef_true']:.1f} %)")
+    return rows
+
+
+def _function_quantities(config: FinetuneConfig) -> tuple[tuple[str, str, str], ...]:
+    return FUNCTION_QUANTITIES if config.views == ["sax"] else LAX_FUNCTION_QUANTITIES
+
+
 def prediction_rows(
     entries: Sequence[Entry],
     config: FinetuneConfig,
@@ -338,7 +465,7 @@ def task_metrics(config: FinetuneConfig) -> tuple[list[str], dict[str, Callable]
             for phase in ("ed", "es")
             for name in ACDC_CLASSES.values()
         ]
-        groups = {q: from_columns(bland_altman, f"{q}_pred", f"{q}_true") for q, _, _ in FUNCTION_QUANTITIES}
+        groups = {q: from_columns(bland_altman, f"{q}_pred", f"{q}_true") for q, _, _ in _function_quantities(config)}
         return per_case, groups
     if config.task == "classification":
         return [], {"classification": _classification_metric(config.data.classes)}
@@ -409,7 +536,7 @@ def summarise_rows(
     summary: dict[str, Any] = {"overall": _without_keys(table[0], ("column", "group")), "subgroups": {}}
     for entry in table[1:]:
         summary["subgroups"].setdefault(entry["column"], {})[entry["group"]] = _without_keys(entry, ("column", "group"))
-    if config.task == "segmentation":
+    if config.task == "segmentation" and config.views == ["sax"]:
         rescan_columns = [f"{q}_{kind}" for q in RESCAN_QUANTITIES for kind in ("pred", "true")]
     elif config.task == "regression":
         rescan_columns = ["y_pred", "y_true"]
@@ -445,7 +572,7 @@ def write_plots(rows: Sequence[Mapping[str, Any]], config: FinetuneConfig, folde
     from cinema.metrics.subgroups import column_values
 
     if config.task == "segmentation":
-        quantities = [(f"{q}_pred", f"{q}_true", q, title, unit) for q, title, unit in FUNCTION_QUANTITIES]
+        quantities = [(f"{q}_pred", f"{q}_true", q, title, unit) for q, title, unit in _function_quantities(config)]
     elif config.task == "regression":
         column = config.data.regression_column
         quantities = [("y_pred", "y_true", column, column, "")]
@@ -503,9 +630,16 @@ def evaluate(
     check_columns(by, entries)
     logger.info("evaluating %s (%s) on %d %s studies", model_dir, config.task, len(entries), split)
     if config.task == "segmentation":
-        if config.views != ["sax"]:
-            raise InputError(f"segmentation evaluation covers short-axis models; this run segments {config.views}")
-        rows = segmentation_rows(entries, model_dir, device=device, postprocess=postprocess, progress=progress)
+        if config.data.format == "kaggle":
+            rows = volume_rows(entries, model_dir, device=device, postprocess=postprocess, progress=progress)
+        elif config.views == ["sax"]:
+            rows = segmentation_rows(entries, model_dir, device=device, postprocess=postprocess, progress=progress)
+        elif len(config.views) == 1:
+            rows = lax_segmentation_rows(
+                entries, model_dir, config.views[0], device=device, postprocess=postprocess, progress=progress
+            )
+        else:
+            raise InputError(f"segmentation evaluation covers one-view models; this run segments {config.views}")
     else:
         rows = prediction_rows(entries, config, model_dir, device=device, progress=progress)
     summary, table = summarise_rows(rows, config, by)

@@ -4,6 +4,7 @@ model's Dice on held-out ACDC validation patients."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -178,11 +179,18 @@ def test_cli_errors_are_one_line(tmp_path, tiny_weights, capsys):
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_non_segmentation_weights_are_rejected(golden_dir):
+def test_non_segmentation_weights_are_rejected(golden_dir, tmp_path):
     with pytest.raises(ValueError, match="cannot segment"):
         load_segmentation_model(golden_dir / "convvit_tiny_sax_classification")
-    with pytest.raises(ValueError, match="SAX model"):
-        load_segmentation_model(golden_dir / "convunetr_tiny_lax_4c")
+    lax = load_segmentation_model(golden_dir / "convunetr_tiny_lax_4c")  # a long-axis model segments its view
+    assert (lax.view, lax.n_dims, lax.patch_size, lax.spacing) == ("lax_4c", 2, (256, 256), (1.0, 1.0))
+    heatmap = tmp_path / "landmark_heatmap"
+    heatmap.mkdir()
+    config = (golden_dir / "convunetr_tiny_lax_4c" / "config.yaml").read_text()
+    (heatmap / "config.yaml").write_text(config.replace("task: segmentation", "task: landmark_heatmap"))
+    shutil.copy(golden_dir / "convunetr_tiny_lax_4c" / "model.safetensors", heatmap)
+    with pytest.raises(ValueError, match="landmark_heatmap checkpoint, not a segmentation model"):
+        load_segmentation_model(heatmap)
 
 
 def test_ensemble_averages_the_members_probabilities(tmp_path):

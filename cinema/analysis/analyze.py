@@ -15,6 +15,15 @@ complete):
 Disease probabilities (ACDC groups) come from the shipped feature classifier (`cinema.analysis.disease`) applied
 to the ED/ES segmentations; mitral-valve landmarks, LV length and MAPSE (`cinema.analysis.landmarks`) are computed
 when the exam has a long-axis view and landmark weights are given (none ship: no landmark labels to train on).
+
+An exam with long-axis cines only (or a long-axis NIfTI named with ``--view lax_4c``, or any exam with ``--view``
+naming one of its LAX views) gets the long-axis analysis instead (`analyze_lax_study`), with a LAX segmentation
+model (``--lax-weights``; the official ``finetuned/segmentation/mnms2_lax_4c`` checkpoint; none ships): every frame
+of that view segmented on its own grid, per-frame RV, MYO and LV areas (mm^2) in the imaging plane, ED/ES from the
+LV area curve (max / min) unless given, LV and RV fractional area change (FAC = (EDA - ESA) / EDA), and, with
+landmark weights, MAPSE. The official LAX 4C model has no left-atrial class, so no LA area is reported. Its output
+folder holds ``seg_<view>.nii.gz`` (the input's exact shape and affine), ``areas.csv``, ``metrics.json`` (with
+every `METRIC_KEYS` key, the volume ones null), ``report.html`` and ``cine_overlay.gif``.
 """
 
 from __future__ import annotations
@@ -30,8 +39,16 @@ from typing import Any
 
 import numpy as np
 
-from cinema.analysis.measure import cardiac_metrics, find_ed_es, label_series, volume_curves, volume_rates
-from cinema.analysis.qc import CONFIDENCE_NOT_AVAILABLE, quality_warnings, regional_warnings
+from cinema.analysis.measure import (
+    CLASS_NAMES,
+    METRIC_KEYS,
+    cardiac_metrics,
+    find_ed_es,
+    label_series,
+    volume_curves,
+    volume_rates,
+)
+from cinema.analysis.qc import CONFIDENCE_NOT_AVAILABLE, MIN_CONFIDENCE, quality_warnings, regional_warnings
 from cinema.analysis.regional import regional_analysis
 from cinema.io.errors import InputError
 from cinema.io.study import LAX_VIEWS, SAX, Study
@@ -41,6 +58,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "OUTPUT_FILES",
     "Analysis",
+    "analyze_lax_study",
     "analyze_path",
     "analyze_study",
     "disease_probabilities",
@@ -51,6 +69,12 @@ __all__ = [
 ]
 
 OUTPUT_FILES = ("seg_sax.nii.gz", "volumes.csv", "metrics.json", "report.html", "cine_overlay.gif")
+# a long-axis analysis writes seg_<view>.nii.gz and areas.csv in place of the first two
+LAX_OUTPUT_FILES = ("seg_{view}.nii.gz", "areas.csv", "metrics.json", "report.html", "cine_overlay.gif")
+LA_NOT_AVAILABLE = (
+    "left atrial area: not available (the long-axis segmentation model predicts RV, myocardium and LV, "
+    "as the official LAX 4C model does, no atrium)"
+)
 EXAMPLE_NAME = "sunnybrook_scd0000301"
 
 
@@ -155,10 +179,12 @@ class Analysis:
 
     Attributes:
         study: the analysed exam.
-        labels: (X, Y, Z, T) uint8 labels on the SAX grid, one per stored frame.
-        curves: {"lv", "rv", "myo"} -> (T,) volumes in ml.
+        labels: (X, Y, Z, T) uint8 labels on the SAX grid, one per stored frame; (X, Y, T) on the grid of the
+            long-axis view for a long-axis analysis.
+        curves: {"lv", "rv", "myo"} -> (T,) volumes in ml (SAX) or areas in mm^2 (long axis).
         metrics: `METRIC_KEYS` plus extras, JSON-ready (None for undefined values).
         notes: sentences about what was not checked or not available.
+        view: the analysed view: ``sax``, or a long-axis view (``lax_4c`` ...).
     """
 
     study: Study
@@ -166,6 +192,11 @@ class Analysis:
     curves: dict[str, np.ndarray]
     metrics: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    view: str = SAX
+
+    @property
+    def is_sax(self) -> bool:
+        return self.view == SAX
 
 
 def _segment_all_frames(
@@ -314,6 +345,265 @@ def analyze_study(
     return Analysis(study=study, labels=series, curves=curves, metrics=metrics, notes=notes)
 
 
+def _lax_ed_es(study: Study, view: str, lv_area: np.ndarray, ed: int | None, es: int | None) -> tuple[int, int, str]:
+    """ED/ES of a long-axis analysis: given, else from the input when its frames are this view's (an exam without a
+    SAX cine: `Study` indexes ED/ES on its first view), else from the LV area curve (max / min)."""
+    own_clock = SAX not in study.views and study.view_names[0] == view
+    sources, chosen = [], []
+    for name, given, known in (("ED", ed, study.ed_frame), ("ES", es, study.es_frame)):
+        if given is not None:
+            chosen.append(int(given))
+            sources.append(f"{name} given")
+        elif known is not None and own_clock:
+            chosen.append(int(known))
+            sources.append(f"{name} from the input")
+        else:
+            chosen.append(None)
+            sources.append(f"{name} from the LV area curve")
+    ed_frame, es_frame = find_ed_es(lv_area, chosen[0], chosen[1])
+    return ed_frame, es_frame, ", ".join(sources)
+
+
+def _fractional_change(curve: np.ndarray, ed: int, es: int) -> float | None:
+    """(ED - ES) / ED in %, None when undefined (no structure at ED, or one frame)."""
+    at_ed, at_es = float(curve[ed]), float(curve[es])
+    return round((at_ed - at_es) / at_ed * 100.0, 2) if at_ed > 0 and ed != es else None
+
+
+def _lax_quality_warnings(series: np.ndarray, curves: Mapping[str, np.ndarray], confidence: float | None) -> list[str]:
+    """What to look at before trusting long-axis numbers: frames without LV, a low model confidence."""
+    warnings = []
+    empty = [int(t) for t in np.flatnonzero(curves["lv"] <= 0)]
+    if empty:
+        shown = ", ".join(str(t) for t in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        warnings.append(f"no LV cavity segmented in {len(empty)} of {series.shape[-1]} frame(s) ({shown})")
+    if confidence is not None and confidence < MIN_CONFIDENCE:
+        warnings.append(
+            f"low model confidence ({confidence:.2f} < {MIN_CONFIDENCE:.2f}): the image may not be a long-axis "
+            "view of the kind the model was trained on"
+        )
+    return warnings
+
+
+def analyze_lax_study(
+    study: Study,
+    predictor: Any,
+    *,
+    view: str | None = None,
+    ed: int | None = None,
+    es: int | None = None,
+    progress: bool = False,
+    landmark_model: Any | None = None,
+) -> Analysis:
+    """Segment every frame of a long-axis view of `study` and measure areas in its plane (see the module notes).
+
+    Args:
+        study: the exam.
+        predictor: a `cinema.analysis.segment.SegmentationPredictor` of a long-axis segmentation model.
+        view: the long-axis view to analyse (default: the model's).
+        ed, es: 0-based stored frames of that view; None: from the input (an exam without SAX) or the LV area curve.
+        progress: show a progress bar.
+        landmark_model: LAX landmark model (`cinema.analysis.landmarks`); None skips landmarks and MAPSE.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    model = predictor.model
+    view = view or model.view
+    if view == SAX or view not in LAX_VIEWS:
+        raise InputError(f"a long-axis analysis needs a long-axis view, got {view}")
+    if model.view != view:
+        raise InputError(
+            f"{study.source or 'exam'}: the long-axis model segments {model.view} cines; the {view} cine needs a "
+            f"{view} segmentation model"
+        )
+    cine = study.view(view)
+    confidence: dict[int, float] = {}
+    with torch.no_grad(), tqdm(total=cine.n_frames, desc="segmenting", unit="frame", disable=not progress) as bar:
+        per_frame = predictor.segment_view(
+            cine, center_mm=predictor.locate_heart(study), confidence=confidence, progress=bar.update
+        )
+    series = np.stack([per_frame[t] for t in range(cine.n_frames)], axis=-1)  # (X, Y, T)
+    pixel_mm2 = float(cine.spacing[0] * cine.spacing[1])
+    curves = {name: (series == value).sum(axis=(0, 1)) * pixel_mm2 for value, name in CLASS_NAMES.items()}
+    ed, es, source = _lax_ed_es(study, view, curves["lv"], ed, es)
+    scores = [v for v in confidence.values() if np.isfinite(v)]
+    heart_confidence = float(np.mean(scores)) if scores else None
+    landmarks, landmark_note = mitral_valve_landmarks(study, landmark_model)
+    notes = [] if heart_confidence is not None else [CONFIDENCE_NOT_AVAILABLE]
+    notes.append(LA_NOT_AVAILABLE)
+    if landmarks is None:
+        notes.append(landmark_note)
+    times = cine.frame_times_ms
+    metrics: dict[str, Any] = {key: None for key in METRIC_KEYS}  # the SAX volumes: null, the keys still there
+    metrics.update(
+        {
+            "view": view,
+            "ed_frame": ed,
+            "es_frame": es,
+            "ed_es_source": source,
+            "ed_time_ms": None if times is None else round(times[ed], 1),
+            "es_time_ms": None if times is None else round(times[es], 1),
+            "areas_mm2": {name: [round(float(v), 2) for v in curve] for name, curve in curves.items()},
+            "lv_eda_mm2": round(float(curves["lv"][ed]), 2),
+            "lv_esa_mm2": round(float(curves["lv"][es]), 2),
+            "lv_fac_pct": _fractional_change(curves["lv"], ed, es),
+            "rv_eda_mm2": round(float(curves["rv"][ed]), 2),
+            "rv_esa_mm2": round(float(curves["rv"][es]), 2),
+            "rv_fac_pct": _fractional_change(curves["rv"], ed, es),
+            "myo_ed_area_mm2": round(float(curves["myo"][ed]), 2),
+            "la_area_mm2": None,
+            "qc_warnings": _lax_quality_warnings(series, curves, heart_confidence),
+            "model_confidence": None if heart_confidence is None else round(heart_confidence, 4),
+            "mitral_valve_landmarks": landmarks,
+            "mapse_mm": None if landmarks is None else landmarks["mapse_mm"],
+            "qc_not_checked": [CONFIDENCE_NOT_AVAILABLE] if heart_confidence is None else [],
+            "model": Path(str(model.source or "model")).name,
+            "n_frames": cine.n_frames,
+        }
+    )
+    if cine.frame_indices is not None:
+        metrics["ed_acquisition_frame"] = cine.frame_indices[ed]
+        metrics["es_acquisition_frame"] = cine.frame_indices[es]
+    return Analysis(study=study, labels=series, curves=curves, metrics=metrics, notes=notes, view=view)
+
+
+def areas_csv(analysis: Analysis) -> str:
+    """One row per stored frame of a long-axis analysis: frame, time, LV / RV / myocardium area (mm^2), phase."""
+    view = analysis.study.view(analysis.view)
+    ed, es = analysis.metrics["ed_frame"], analysis.metrics["es_frame"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["frame", "time_ms", "lv_mm2", "rv_mm2", "myo_mm2", "phase"])
+    for f in range(view.n_frames):
+        time = "" if view.frame_times_ms is None else f"{view.frame_times_ms[f]:.1f}"
+        phase = "/".join(p for p, frame in (("ED", ed), ("ES", es)) if frame == f)
+        writer.writerow([f, time, *(f"{analysis.curves[k][f]:.2f}" for k in ("lv", "rv", "myo")), phase])
+    return buffer.getvalue()
+
+
+def _area_plot_png(curves: Mapping[str, np.ndarray], ed: int, es: int, times_ms: Sequence[float] | None) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cinema.analysis.report import COLOURS, LABEL_TEXT, _figure_png
+
+    x = np.asarray(times_ms, dtype=float) if times_ms is not None else np.arange(len(curves["lv"]), dtype=float)
+    figure, axis = plt.subplots(figsize=(7.0, 3.6))
+    for name, value in (("lv", 3), ("rv", 1), ("myo", 2)):
+        axis.plot(
+            x, curves[name], marker="o", markersize=3, color=np.asarray(COLOURS[value]) / 255.0, label=LABEL_TEXT[value]
+        )
+    for frame, text in ((ed, "ED"), (es, "ES")):
+        axis.axvline(x[frame], color="0.4", linestyle="--", linewidth=1)
+        axis.annotate(text, (x[frame], axis.get_ylim()[1]), ha="center", va="bottom", fontsize=9)
+    axis.set_xlabel("time after R wave (ms)" if times_ms is not None else "frame")
+    axis.set_ylabel("area in the imaging plane (mm²)")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return _figure_png(figure)
+
+
+def lax_input_summary(study: Study, view_name: str, model_name: str, ed_es_source: str) -> list[tuple[str, str]]:
+    """Non-identifying facts about a long-axis input for the report (the same whitelist as `input_summary`)."""
+    view = study.view(view_name)
+    x, y = view.spatial_shape
+    sx, sy, sz = view.spacing
+    rows = [
+        ("Input format", str((study.metadata or {}).get("source_format", "unknown"))),
+        ("Views", ", ".join(study.view_names)),
+        (f"{view_name} grid", f"{x} x {y} pixels, {view.n_frames} stored frame(s)"),
+        (f"{view_name} pixel size", f"{sx:.2f} x {sy:.2f} mm, {sz:.2f} mm slice thickness"),
+        ("ED/ES frames from", ed_es_source),
+        ("Segmentation model", model_name),
+    ]
+    return rows + [("Input warning", str(w)) for w in (study.metadata or {}).get("warnings") or []]
+
+
+def lax_report_html(analysis: Analysis) -> tuple[str, bytes]:
+    """(report.html text, cine_overlay.gif bytes) of a long-axis analysis."""
+    import html
+
+    from cinema import __version__
+    from cinema.analysis.report import (
+        _CSS,
+        COLOURS,
+        LABEL_TEXT,
+        _fmt,
+        _img,
+        _table,
+        cine_gif_bytes,
+        heart_box,
+        slice_grid_png,
+    )
+
+    view = analysis.study.view(analysis.view)
+    metrics = analysis.metrics
+    ed, es = metrics["ed_frame"], metrics["es_frame"]
+    image, labels = view.image[:, :, None, :], analysis.labels[:, :, None, :]  # one-slice stacks for the drawings
+    box = heart_box(labels)
+    ed_png = slice_grid_png(image[..., ed], labels[..., ed], view.spacing, box, f"ED, frame {ed}")
+    es_png = slice_grid_png(image[..., es], labels[..., es], view.spacing, box, f"ES, frame {es}") if es != ed else None
+    times = view.frame_times_ms if view.n_frames > 1 else None
+    frame_ms = float(np.median(np.diff(times))) if times is not None else 80.0
+    gif = cine_gif_bytes(image, labels, view.spacing, 0, frame_ms=frame_ms)
+    name = analysis.view
+    rows = [
+        (f"LV end-diastolic area ({name})", _fmt(metrics["lv_eda_mm2"], "mm²")),
+        (f"LV end-systolic area ({name})", _fmt(metrics["lv_esa_mm2"], "mm²")),
+        ("LV fractional area change", _fmt(metrics["lv_fac_pct"], "%")),
+        (f"RV end-diastolic area ({name})", _fmt(metrics["rv_eda_mm2"], "mm²")),
+        (f"RV end-systolic area ({name})", _fmt(metrics["rv_esa_mm2"], "mm²")),
+        ("RV fractional area change", _fmt(metrics["rv_fac_pct"], "%")),
+        (f"Myocardial area at ED ({name})", _fmt(metrics["myo_ed_area_mm2"], "mm²")),
+        ("ED frame (0-based)", str(ed)),
+        ("ES frame (0-based)", str(es)),
+    ]
+    landmarks = metrics.get("mitral_valve_landmarks")
+    if landmarks and metrics.get("mapse_mm") is not None:
+        rows += [
+            (f"MAPSE ({landmarks['view']})", _fmt(metrics["mapse_mm"], "mm")),
+            (
+                f"LV longitudinal shortening ({landmarks['view']})",
+                _fmt(landmarks.get("longitudinal_shortening_pct"), "%"),
+            ),
+        ]
+    metric_rows = "".join(f"<tr><th>{html.escape(k)}</th><td class=num>{html.escape(v)}</td></tr>" for k, v in rows)
+    warnings = metrics.get("qc_warnings") or []
+    qc = "".join(f'<div class="warn">{html.escape(w)}</div>' for w in warnings) or (
+        '<div class="ok">No quality-control warnings.</div>'
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in analysis.notes)
+    legend = "".join(f'<span style="background:rgb{COLOURS[v]}"></span>{LABEL_TEXT[v]}' for v in (3, 2, 1))
+    summary = lax_input_summary(analysis.study, name, metrics.get("model", ""), metrics.get("ed_es_source", ""))
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        "<meta name=viewport content='width=device-width,initial-scale=1'>",
+        f"<title>CineMA long-axis cine analysis</title><style>{_CSS}</style></head><body>",
+        f"<h1>CineMA long-axis cine analysis ({html.escape(name)})</h1>",
+        f'<p class="note">cinema {html.escape(__version__)} &middot; automatic segmentation, research use only, '
+        "not a medical device: review the overlays before trusting the numbers. Areas are measured in the imaging "
+        "plane; no volumes are derived from one long-axis view.</p>",
+        "<h2>Measurements</h2>",
+        f"<table>{metric_rows}</table>",
+        "<h2>Quality control</h2>",
+        qc,
+        f'<ul class="note">{notes}</ul>' if notes else "",
+        "<h2>Area&ndash;time curves</h2>",
+        _img(_area_plot_png(analysis.curves, ed, es, times), "image/png", "area-time curves"),
+        f'<h2>Segmentation at ED (frame {ed})</h2><p class="legend">{legend}</p>',
+        _img(ed_png, "image/png", "ED overlay"),
+    ]
+    if es_png is not None:
+        parts += [f"<h2>Segmentation at ES (frame {es})</h2>", _img(es_png, "image/png", "ES overlay")]
+    if view.n_frames > 1:
+        parts += [f"<h2>Cine ({html.escape(name)})</h2>", _img(gif, "image/gif", "cine overlay")]
+    parts += ["<h2>Input</h2>", _table(summary), "</body></html>"]
+    return "\n".join(parts), gif
+
+
 def volumes_csv(analysis: Analysis) -> str:
     """One row per stored frame: frame, time, LV / RV / myocardium volume (ml), and the ED/ES phase mark."""
     view = analysis.study.view(SAX)
@@ -385,6 +675,7 @@ def write_analysis(
     force: bool = False,
     spatial_only: bool = False,
     inputs: Sequence[str | Path] = (),
+    shape: Sequence[int] | None = None,
 ) -> Path:
     """Write every output into `out_dir` atomically (all files or none), by the output-safety rule of
     `cinema.io.atomic` (`force` replaces only an earlier cinema output; never one of `inputs` or a folder holding
@@ -392,17 +683,27 @@ def write_analysis(
 
     Args:
         spatial_only: write ``seg_sax.nii.gz`` as 3-D (the input was one 3-D NIfTI frame).
+        shape: the label map's shape in the file, when it must be the input NIfTI's own (a long-axis file: (X, Y),
+            (X, Y, 1) or (X, Y, 1, T)); default (X, Y, Z, T) for SAX and (X, Y, 1, T) for a long-axis view.
     """
     from cinema.io import write_label_nifti
     from cinema.io.atomic import atomic_directory
 
     out_dir = Path(out_dir)
-    view = analysis.study.view(SAX)
-    labels = analysis.labels[..., 0] if spatial_only else analysis.labels
-    html_text, gif = report_html(analysis)
+    view = analysis.study.view(analysis.view)
+    if analysis.is_sax:
+        labels = analysis.labels[..., 0] if spatial_only else analysis.labels
+        html_text, gif = report_html(analysis)
+        seg_name, table_name, table = "seg_sax.nii.gz", "volumes.csv", volumes_csv(analysis)
+    else:
+        labels = analysis.labels[:, :, None, :]  # the single-slice axis of a long-axis cine file
+        html_text, gif = lax_report_html(analysis)
+        seg_name, table_name, table = f"seg_{analysis.view}.nii.gz", "areas.csv", areas_csv(analysis)
+    if shape is not None:
+        labels = labels.reshape(shape)  # same voxels in the same order: only the singleton axes differ
     with atomic_directory(out_dir, force=force, inputs=inputs, command="analyze") as tmp:
-        write_label_nifti(labels, view.affine, tmp / "seg_sax.nii.gz")
-        (tmp / "volumes.csv").write_text(volumes_csv(analysis), encoding="utf-8")
+        write_label_nifti(labels, view.affine, tmp / seg_name, keep_2d=labels.ndim == 2)
+        (tmp / table_name).write_text(table, encoding="utf-8")
         (tmp / "metrics.json").write_text(
             json.dumps(analysis.metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
@@ -424,34 +725,59 @@ def analyze_path(
     progress: bool = False,
     display_name: str | None = None,
     other_inputs: Sequence[str | Path] = (),
+    view: str | None = None,
+    lax_predictor: Any | None = None,
 ) -> Analysis:
     """Read an exam, analyse it and write `out_dir`: the one sequence behind ``cinema analyze`` and ``cinema serve``.
 
     Args:
-        source: an exam as `cinema.io.read_study` takes it (a NIfTI file is read as the SAX cine).
-        predictor: a `cinema.analysis.segment.SegmentationPredictor`.
+        source: an exam as `cinema.io.read_study` takes it. A NIfTI file's view is `view`, else its file name's
+            (``..._lax_4c.nii.gz``), else a stack of several slices is SAX; a single-slice file whose view is not
+            named is refused (never read as a one-slice SAX stack).
+        predictor: a `cinema.analysis.segment.SegmentationPredictor` of a SAX model, or a zero-argument callable
+            returning one (built only when the exam's SAX cine is analysed).
         ed, es: 0-based stored frames of end-diastole / end-systole (default: from the input or the LV curve).
         study_id: the study to take from a DICOM folder holding several.
         force: replace `out_dir` if it is an earlier cinema output (`cinema.io.atomic.check_output`).
         display_name: shown for the exam in messages and the report instead of its path.
         other_inputs: further files the command read (weights): `out_dir` must not replace them either.
+        view: the view to analyse (and a NIfTI's view): default SAX when the exam has it, else its long-axis view.
+        lax_predictor: a `SegmentationPredictor` of a long-axis model, for the long-axis analysis.
     """
     from cinema.io import read_study
     from cinema.io.datasets import nifti_shape
     from cinema.io.read import detect_input_kind
+    from cinema.io.study import view_name_for
 
     source = Path(source)
     kind = detect_input_kind(source)
-    study = read_study(source, view=SAX if kind == "nifti" else None, study=study_id)
+    view = None if view is None else view_name_for(view)
+    study = read_study(source, view=view if kind == "nifti" else None, study=study_id)
     if display_name is not None:
         study.source = display_name
-    n_frames = study.view(SAX).n_frames  # a clear error for an exam without a short-axis cine
+    lax_present = [name for name in study.view_names if name != SAX]
+    target = view or (SAX if SAX in study.views else lax_present[0])
+    n_frames = study.view(target).n_frames  # a clear error for an exam without that view
     for flag, frame in (("--ed", ed), ("--es", es)):
         if frame is not None and not 0 <= frame < n_frames:
             raise InputError(f"{flag} {frame} is outside the {n_frames} stored frames (0-based, 0..{n_frames - 1})")
-    analysis = analyze_study(study, predictor, ed=ed, es=es, progress=progress, landmark_model=landmark_model)
-    spatial_only = kind == "nifti" and len(nifti_shape(source)) == 3
-    write_analysis(analysis, out_dir, force=force, spatial_only=spatial_only, inputs=[source, *other_inputs])
+    shape = nifti_shape(source) if kind == "nifti" else None
+    if target == SAX:
+        sax_predictor = predictor() if callable(predictor) else predictor
+        analysis = analyze_study(study, sax_predictor, ed=ed, es=es, progress=progress, landmark_model=landmark_model)
+        spatial_only = shape is not None and len(shape) == 3
+        write_analysis(analysis, out_dir, force=force, spatial_only=spatial_only, inputs=[source, *other_inputs])
+        return analysis
+    if lax_predictor is None:
+        raise InputError(
+            f"{study.source or source}: the {target} cine needs a long-axis segmentation model: give one with "
+            "--lax-weights (e.g. the official CineMA finetuned/segmentation/mnms2_lax_4c folder); the shipped model "
+            "segments short-axis cines only"
+        )
+    analysis = analyze_lax_study(
+        study, lax_predictor, view=target, ed=ed, es=es, progress=progress, landmark_model=landmark_model
+    )
+    write_analysis(analysis, out_dir, force=force, inputs=[source, *other_inputs], shape=shape)
     return analysis
 
 
@@ -464,6 +790,8 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     def fmt(key: str, unit: str) -> str:
         return fmt_value(metrics.get(key), unit)
 
+    if metrics.get("view", SAX) != SAX:
+        return _lax_summary_lines(metrics, fmt)
     lines = [
         f"ED frame {metrics['ed_frame']}, ES frame {metrics['es_frame']} ({metrics.get('ed_es_source', '')})",
         f"LV: EDV {fmt('lv_edv_ml', 'ml')}, ESV {fmt('lv_esv_ml', 'ml')}, SV {fmt('lv_sv_ml', 'ml')}, "
@@ -488,3 +816,15 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
         lines.append(f"Disease group (ACDC categories, research aid): {best} {100 * probabilities[best]:.1f} %")
     lines += [f"QC: {w}" for w in warnings] or ["QC: no warnings"]
     return lines
+
+
+def _lax_summary_lines(metrics: Mapping[str, Any], fmt: Any) -> list[str]:
+    view = metrics["view"]
+    lines = [
+        f"{view}: ED frame {metrics['ed_frame']}, ES frame {metrics['es_frame']} ({metrics.get('ed_es_source', '')})",
+        f"LV area: ED {fmt('lv_eda_mm2', 'mm2')}, ES {fmt('lv_esa_mm2', 'mm2')}, FAC {fmt('lv_fac_pct', '%')}",
+        f"RV area: ED {fmt('rv_eda_mm2', 'mm2')}, ES {fmt('rv_esa_mm2', 'mm2')}, FAC {fmt('rv_fac_pct', '%')}",
+    ]
+    if metrics.get("mapse_mm") is not None:
+        lines.append(f"MAPSE {metrics['mapse_mm']:.1f} mm ({metrics['mitral_valve_landmarks']['view']})")
+    return lines + ([f"QC: {w}" for w in metrics.get("qc_warnings", [])] or ["QC: no warnings"])

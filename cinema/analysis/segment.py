@@ -1,9 +1,16 @@
-"""Short-axis segmentation of whole exams on their own grid: the pipeline behind ``cinema segment``.
+"""Segmentation of whole exams on their own grid: the pipeline behind ``cinema segment``.
 
 A cine (any orientation, spacing and number of frames) goes through the same model space the network was trained
 in (`cinema.preprocess`: resampling, in-plane crop around the heart found without labels, per-frame intensity
 scaling), is predicted in batches, and comes back as uint8 labels (0 background, 1 RV, 2 MYO, 3 LV) with the input's
 exact shape and affine (class probabilities are resampled and arg-maxed on the native grid).
+
+The view is the model's: a short-axis model segments the SAX stack, a long-axis one (the official CineMA
+``finetuned/segmentation/mnms2_lax_4c`` ConvUNetR, ``model.views: lax_4c``) the cine of its LAX view, each frame
+resampled in-plane to the checkpoint's ``data.lax.spacing`` (1 x 1 mm) and cropped to its patch (256 x 256) around
+the heart, then brought back to the (X, Y) grid of the view. The official LAX 4C model predicts the same classes as
+the SAX ones, in the four-chamber plane (1 RV, 2 MYO, 3 LV); it has no atrial class. LAX frames are processed as
+one-slice stacks through the same code as the 2-D SAX models below.
 
 Two kinds of network are handled alike:
 
@@ -50,6 +57,7 @@ networks saw every rotation in training, but ACDC's stored orientation is still 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +69,7 @@ from scipy import ndimage
 from torch import nn
 
 from cinema.io.errors import InputError
-from cinema.io.study import SAX, CineView, Study
+from cinema.io.study import SAX, VIEW_NAMES, CineView, Study
 from cinema.preprocess.model_space import ModelSpaceTransform, from_model_space, to_model_space
 from cinema.preprocess.slices import neighbour_slices
 
@@ -95,13 +103,15 @@ class SegmentationModel:
     """A segmentation network plus the model-space geometry it expects.
 
     Attributes:
-        network: the model in eval mode; called as ``network({"sax": x})["sax"]`` -> logits.
+        network: the model in eval mode; called as ``network({view: x})[view]`` -> logits.
         n_dims: 2 (slices) or 3 (volumes).
         spacing: model-space voxel size in mm, (x, y) for 2-D, (x, y, z) for 3-D.
         patch_size: network input size, (X, Y) or (X, Y, Z).
         n_classes: number of output classes (background included).
         source: where the weights came from, for messages.
         context_slices: a 2-D model's neighbouring slices on each side given as extra input channels (2.5-D).
+        n_members: networks averaged (an ensemble).
+        view: the view it segments: ``sax`` or one long-axis view (``lax_4c`` ...), always 2-D.
     """
 
     network: nn.Module
@@ -112,6 +122,7 @@ class SegmentationModel:
     source: str = ""
     context_slices: int = 0
     n_members: int = 1
+    view: str = SAX
 
     @property
     def device(self) -> torch.device:
@@ -121,6 +132,10 @@ class SegmentationModel:
     def slice_wise(self) -> bool:
         """True when the network sees one slice at a time (a 2-D model, or a 3-D one with a one-slice patch)."""
         return self.n_dims == 2 or self.patch_size[2] == 1
+
+    @property
+    def is_sax(self) -> bool:
+        return self.view == SAX
 
 
 class ProbabilityAverage(nn.Module):
@@ -212,15 +227,57 @@ def inference_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def _segmentation_config(weights: str | Path) -> tuple[Path, Path | None, dict[str, Any], str]:
+    """(config.yaml, weights file, config, view) of a one-view segmentation checkpoint, its weights not loaded."""
+    from cinema.models.checkpoint import model_kind, read_config
+
+    config_path, weights_file = resolve_weights(weights)
+    config, _ = read_config(config_path)
+    where = str(weights)
+    kind = model_kind(config)
+    if kind not in ("unet", "convunetr"):
+        raise InputError(f"{where}: a {kind} model cannot segment; expected a segmentation U-Net or ConvUNetR")
+    task = config.get("task")
+    if task is not None and task != "segmentation":
+        raise InputError(f"{where}: a {task} checkpoint, not a segmentation model")
+    views = config_views(config)
+    if len(views) != 1 or views[0] not in VIEW_NAMES:
+        raise InputError(f"{where}: the model segments {views or 'no view'}; expected one view (sax or lax_4c ...)")
+    return config_path, weights_file, config, views[0]
+
+
+def segmentation_view(weights: str | Path | None) -> str:
+    """The view a segmentation checkpoint (or ensemble) segments, read from its config.yaml without loading it;
+    ``sax`` for the shipped default (None)."""
+    if weights is None:
+        return SAX
+    path = Path(weights)
+    if path.is_dir() and (path / ENSEMBLE_FILE).is_file():
+        return segmentation_view(ensemble_members(path)[0])
+    return _segmentation_config(path)[3]
+
+
+def _seed_files(folder: Path) -> list[Path]:
+    """The numbered seed files (``<name>_<N>.safetensors``) of a model folder, in seed order; [] for a file."""
+    if not folder.is_dir():
+        return []
+    from cinema.analysis.predict import find_checkpoint
+
+    numbered = [p for p in folder.glob("*.safetensors") if re.search(r"_\d+\.safetensors$", p.name)]
+    return find_checkpoint(folder)[1] if numbered else []
+
+
 def load_segmentation_model(weights: str | Path | None = None, device: str | torch.device = "cpu") -> SegmentationModel:
-    """Load the shipped default SAX model (``weights=None``) or any official-format SAX segmentation checkpoint.
+    """Load the shipped default SAX model (``weights=None``) or any official-format segmentation checkpoint of one
+    view: SAX, or a long-axis view (the official ``mnms2_lax_4c`` ConvUNetR).
 
     Args:
-        weights: a model folder (config.yaml + model.safetensors), a config.yaml, a .safetensors file with a
+        weights: a model folder (config.yaml + model.safetensors), an official fine-tuned folder (config.yaml +
+            ``<name>_0/1/2.safetensors``: its seeds' softmax averaged), a config.yaml, a .safetensors file with a
             config.yaml beside it, or an ensemble folder (``ensemble.yaml``); None for the shipped default.
         device: "cpu", "cuda", "cuda:1", ...
     """
-    from cinema.models.checkpoint import load_model, model_kind, read_config
+    from cinema.models.checkpoint import load_model
 
     if weights is None:
         from cinema.weights import default_weights_dir
@@ -228,16 +285,16 @@ def load_segmentation_model(weights: str | Path | None = None, device: str | tor
         weights = default_weights_dir("sax_segmentation")
     if Path(weights).is_dir() and (Path(weights) / ENSEMBLE_FILE).is_file():
         return _load_ensemble(Path(weights), device)
-    config_path, weights_file = resolve_weights(weights)
-    config, _ = read_config(config_path)
+    seeds = _seed_files(Path(weights))
+    if len(seeds) > 1:
+        # an official fine-tuned folder (config.yaml + <name>_0/1/2.safetensors): its seeds averaged, as in predict
+        members = [load_segmentation_model(seed, device) for seed in seeds]
+        return _average_members(members, f"{weights} (seeds)", str(weights))
+    config_path, weights_file, config, view = _segmentation_config(weights)
     where = str(weights)
-    kind = model_kind(config)
-    if kind not in ("unet", "convunetr"):
-        raise InputError(f"{where}: a {kind} model cannot segment; expected a segmentation U-Net or ConvUNetR")
     model_cfg = config.get("model", {})
-    views = config_views(config)
-    if views != [SAX]:
-        raise InputError(f"{where}: the model segments {views or 'no view'}; cinema segment needs a SAX model")
+    if view != SAX:
+        return _load_lax_model(config_path, weights_file, config, view, where, device)
     sax = config.get("data", {}).get("sax", {})
     if "patch_size" not in sax:
         raise InputError(f"{where}: config.yaml has no data.sax.patch_size")
@@ -259,19 +316,51 @@ def load_segmentation_model(weights: str | Path | None = None, device: str | tor
     return SegmentationModel(network, n_dims, spacing, patch, n_classes, source=where, context_slices=context)
 
 
+def _load_lax_model(
+    config_path: Path,
+    weights_file: Path | None,
+    config: dict[str, Any],
+    view: str,
+    where: str,
+    device: str | torch.device,
+) -> SegmentationModel:
+    """A long-axis segmentation checkpoint: 2-D, its geometry from ``data.lax`` (the official configs; else
+    ``data.<view>``), 1 x 1 mm and 256 x 256 when the config does not say."""
+    from cinema.models.checkpoint import load_model
+    from cinema.preprocess.model_space import LAX_IN_PLANE_SHAPE, LAX_SPACING_MM
+
+    data = config.get("data", {})
+    lax = data.get("lax", data.get(view, {})) or {}
+    patch = tuple(int(p) for p in lax.get("patch_size", LAX_IN_PLANE_SHAPE))
+    spacing = tuple(float(s) for s in lax.get("spacing", LAX_SPACING_MM))
+    if len(patch) != 2 or len(spacing) != 2:
+        raise InputError(f"{where}: data.lax.patch_size / spacing need 2 values for a long-axis model")
+    if int(lax.get("in_chans", 1)) != 1 or int(lax.get("context_slices", 0)):
+        raise InputError(f"{where}: a long-axis segmentation model takes one image channel")
+    device = inference_device(device)
+    network = load_model(config_path, weights_file, device=device)
+    n_classes = int(config.get("model", {}).get("out_chans", 4))
+    return SegmentationModel(network, 2, spacing, patch, n_classes, source=where, view=view)
+
+
 def _load_ensemble(folder: Path, device: str | torch.device) -> SegmentationModel:
     members = []
     for path in ensemble_members(folder):
         if (path / ENSEMBLE_FILE).is_file():
             raise InputError(f"{folder / ENSEMBLE_FILE}: member {path} is itself an ensemble")
         members.append(load_segmentation_model(path, device))
+    return _average_members(members, str(folder / ENSEMBLE_FILE), str(folder))
+
+
+def _average_members(members: Sequence[SegmentationModel], where: str, source: str) -> SegmentationModel:
+    """One model averaging the members' softmax; they must share one model space."""
     first = members[0]
-    geometry = (first.n_dims, first.spacing, first.patch_size, first.n_classes)
+    geometry = (first.n_dims, first.spacing, first.patch_size, first.n_classes, first.view)
     for member in members[1:]:
-        if (member.n_dims, member.spacing, member.patch_size, member.n_classes) != geometry:
+        if (member.n_dims, member.spacing, member.patch_size, member.n_classes, member.view) != geometry:
             raise InputError(
-                f"{folder / ENSEMBLE_FILE}: {member.source} does not share {first.source}'s model space (dimensions, "
-                "spacing, patch size and classes must match to average their probabilities)"
+                f"{where}: {member.source} does not share {first.source}'s model space (view, "
+                "dimensions, spacing, patch size and classes must match to average their probabilities)"
             )
     # 2.5-D members may differ in context: the ensemble takes the widest input, each member its central channels
     context = max(m.context_slices for m in members)
@@ -286,9 +375,10 @@ def _load_ensemble(folder: Path, device: str | torch.device) -> SegmentationMode
         first.spacing,
         first.patch_size,
         first.n_classes,
-        source=str(folder),
+        source=source,
         context_slices=context,
         n_members=len(members),
+        view=first.view,
     )
 
 
@@ -365,29 +455,30 @@ def _predict_probs(
     flips = (False, True) if mirror else (False,)
     transforms = [(flip, k) for flip in flips for k in ((0, 1, 2, 3) if rotate else (0,))]
 
+    key = model.view
+
     def softmax(window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         total = None
         for flip, k in transforms:
-            x = window[SAX].flip(2) if flip else window[SAX]
+            x = window[key].flip(2) if flip else window[key]
             with _autocast(device, amp):
-                logits = model.network({SAX: torch.rot90(x, k, dims=(2, 3))})[SAX]
+                logits = model.network({key: torch.rot90(x, k, dims=(2, 3))})[key]
             probs = torch.rot90(torch.softmax(logits.float(), dim=1), -k, dims=(2, 3))
             probs = probs.flip(2) if flip else probs
             total = probs if total is None else total + probs
-        return {SAX: total / len(transforms)}
+        return {key: total / len(transforms)}
 
     if model.n_dims == 2:
         # every slice of every frame is one sample, with its neighbours as channels: (F * Z, 1 + 2k, X, Y)
         stacked = neighbour_slices(volumes.transpose(3, 0, 1, 2), model.context_slices)  # (F, X, Y, Z, 1 + 2k)
         samples = np.ascontiguousarray(stacked.transpose(0, 3, 4, 1, 2)).reshape(n_frames * depth, -1, x_size, y_size)
-        plane = {SAX: patch}
     else:
         samples = np.ascontiguousarray(volumes.transpose(3, 0, 1, 2))[:, None]  # (F, 1, X, Y, Z)
-        plane = {SAX: patch}
+    plane = {key: patch}
     outputs = []
     for start in range(0, samples.shape[0], batch_size):
         chunk = torch.from_numpy(samples[start : start + batch_size]).to(device)
-        outputs.append(average_windows({SAX: chunk}, plane, softmax)[SAX].cpu().numpy())
+        outputs.append(average_windows({key: chunk}, plane, softmax)[key].cpu().numpy())
     probs = np.concatenate(outputs)
     if model.n_dims == 2:
         probs = probs.reshape(n_frames, depth, -1, x_size, y_size).transpose(2, 3, 4, 1, 0)
@@ -403,11 +494,24 @@ def _model_space(
     center_mm: np.ndarray | None,
     whole_field: bool = False,
 ) -> tuple[np.ndarray, ModelSpaceTransform]:
-    """Model-space frames (X, Y, Z, F) in [0, 1] and the transform back (``whole_field``: no in-plane crop)."""
+    """Model-space frames (X, Y, Z, F) in [0, 1] and the transform back (``whole_field``: no in-plane crop).
+
+    A long-axis view comes out as one-slice stacks (X, Y, 1, F) with its 2-D transform (X, Y)."""
     in_plane = tuple(model.patch_size[:2])
     if whole_field:
         extent = np.asarray(view.spacing[:2]) * np.asarray(view.spatial_shape[:2]) / np.asarray(model.spacing[:2])
         in_plane = tuple(max(p, int(np.ceil(e))) for p, e in zip(in_plane, extent, strict=True))
+    if not view.is_sax:
+        images, transform = to_model_space(
+            view.image[..., frames],
+            view.affine,
+            "lax",
+            center_mm=center_mm,
+            intensity="frame",
+            in_plane_shape=in_plane,
+            in_plane_spacing=tuple(model.spacing[:2]),
+        )
+        return scale_frames(images[:, :, None, :]), transform
     if model.slice_wise:
         # slices are predicted one by one, so they keep their native spacing and the z round trip is exact
         z_spacing: Any = "native"
@@ -487,6 +591,7 @@ def _coarse_model(model: SegmentationModel, view: CineView) -> SegmentationModel
         model.n_classes,
         source=model.source,
         context_slices=model.context_slices,
+        view=model.view,
     )
 
 
@@ -528,10 +633,11 @@ def _heart_from_prediction(
 ) -> np.ndarray | None:
     """World centre of the heart the network predicts in one frame, or None if it finds none.
 
-    A slice-wise model first tries the coarse search (`_coarse_heart`); when that is unsure, and always for a 3-D
-    network, the whole model sweeps the whole field of view (`_heart_full_sweep`).
+    A slice-wise SAX model first tries the coarse search (`_coarse_heart`); when that is unsure, and always for a
+    3-D network or a long-axis view (one image: the full sweep is cheap, and the coarse thresholds were measured on
+    SAX stacks), the whole model sweeps the whole field of view (`_heart_full_sweep`).
     """
-    if model.slice_wise:
+    if model.slice_wise and view.is_sax:
         center, unsure = _coarse_heart(view, model, frame, batch_size, amp)
         if center is not None:
             return center
@@ -604,14 +710,15 @@ class SegmentationPredictor:
     def frame_groups(self, view: CineView, frames: Sequence[int]) -> list[list[int]]:
         """The frames predicted together: as many slices as a batch holds (2-D), or a batch of frames (3-D)."""
         batch = self.options.batch_size
-        group = max(1, batch // max(1, view.spatial_shape[2])) if self.model.n_dims == 2 else batch
+        slices = view.as_4d().shape[2]
+        group = max(1, batch // max(1, slices)) if self.model.n_dims == 2 else batch
         return [list(frames[start : start + group]) for start in range(0, len(frames), group)]
 
     def locate_heart(self, study: Study) -> np.ndarray | None:
         """World centre of the crop: from the cine's motion (or the long-axis planes), None when neither is usable."""
         from cinema.preprocess import locate_study_heart
 
-        location = locate_study_heart(study, SAX)
+        location = locate_study_heart(study, self.model.view)
         if location.fallback:
             logger.info("no cardiac motion to locate the heart; searching the whole field of view")
             return None
@@ -626,22 +733,27 @@ class SegmentationPredictor:
         confidence: dict[int, float] | None = None,
         progress: Callable[[int], Any] | None = None,
     ) -> dict[int, np.ndarray]:
-        """Segment frames of a SAX view; returns stored frame index -> uint8 labels of the view's spatial shape.
+        """Segment frames of the model's view; returns stored frame index -> uint8 labels of the view's spatial shape
+        ((X, Y, Z) for SAX, (X, Y) for a long-axis view).
 
         Args:
-            view: the short-axis cine.
+            view: the cine of the model's view.
             frames: stored frame indices (default: all).
             center_mm: world point to centre the crop on; None finds it with the network over the whole field of
                 view (`segment_study` passes the label-free motion-based location).
             confidence: a dict to fill with stored frame -> `heart_confidence` of that frame's prediction.
             progress: called with the number of frames finished after each group (a progress bar's ``update``).
         """
-        if not view.is_sax:
-            raise InputError(f"{view.source or view.name}: segmentation needs a short-axis (sax) view, got {view.name}")
+        if view.name != self.model.view:
+            raise InputError(
+                f"{view.source or view.name}: the model segments {self.model.view} cines, this one is {view.name}"
+            )
         frames = list(range(view.n_frames)) if frames is None else [int(f) for f in frames]
         bad = [f for f in frames if not 0 <= f < view.n_frames]
         if not frames or bad:
-            raise InputError(f"{view.source or 'sax'}: frames {bad or frames} are not among its {view.n_frames} frames")
+            raise InputError(
+                f"{view.source or view.name}: frames {bad or frames} are not among its {view.n_frames} frames"
+            )
         if center_mm is None:
             center_mm = _heart_from_prediction(view, self.model, frames[0], self.options.batch_size, self.options.amp)
         results: dict[int, np.ndarray] = {}
@@ -652,7 +764,8 @@ class SegmentationPredictor:
             for i, frame in enumerate(chunk):
                 if confidence is not None:
                     confidence[frame] = heart_confidence(probs[..., i])
-                labels = from_model_space(probs[..., i], transform, kind="prob")
+                frame_probs = probs[..., i] if view.is_sax else probs[:, :, :, 0, i]
+                labels = from_model_space(frame_probs, transform, kind="prob")
                 results[frame] = (
                     keep_largest_components(labels, POSTPROCESS_CLASSES) if self.options.postprocess else labels
                 )
@@ -668,12 +781,13 @@ class SegmentationPredictor:
         confidence: dict[int, float] | None = None,
         progress: Callable[[int], Any] | None = None,
     ) -> dict[int, np.ndarray]:
-        """Segment the SAX view of a study, the heart located without labels; stored frame -> native uint8 labels.
+        """Segment the model's view of a study (SAX, or its LAX view), the heart located without labels; stored
+        frame -> native uint8 labels.
 
         The crop centre comes from the cine's motion (or the long-axis planes); where neither is usable (one frame,
         a static series) the network finds the heart over the whole field of view (see `segment_view`).
         """
-        view = study.view(SAX)
+        view = study.view(self.model.view)
         center = self.locate_heart(study)
         return self.segment_view(view, frames=frames, center_mm=center, confidence=confidence, progress=progress)
 

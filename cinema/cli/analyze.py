@@ -3,6 +3,12 @@
 STUDY is a DICOM exam folder, a 4-D SAX NIfTI cine, an ACDC patient folder or a `cinema convert` folder; without it
 the small real exam bundled with the package is analysed. OUT (default ``<study name>_analysis``) receives
 seg_sax.nii.gz, volumes.csv, metrics.json, report.html and cine_overlay.gif, all at once or not at all.
+
+An exam with long-axis cines only, a long-axis NIfTI (its view named by ``--view lax_4c`` or its file name) or
+``--view lax_4c`` on any exam gives the long-axis analysis with a LAX segmentation model (``--lax-weights``, or
+``--weights`` naming a LAX model): seg_<view>.nii.gz, areas.csv (per-frame LV, RV, MYO areas), metrics.json (FAC,
+MAPSE with ``--landmark-weights``), report.html, cine_overlay.gif. A single-slice NIfTI whose view is not named is
+refused rather than read as a one-slice short-axis stack.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ import argparse
 
 from cinema.cli.options import add_force_option, add_study_option
 
-HELP = "analyse an exam: segment every SAX frame, measure volumes, EF and LV mass, check quality, write a report"
+HELP = (
+    "analyse an exam: segment every SAX frame, measure volumes, EF and LV mass, check quality, write a report "
+    "(long-axis cines: areas, FAC, MAPSE)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights",
         default=None,
         help="SAX segmentation model folder, config.yaml or .safetensors, e.g. an official CineMA fine-tuned "
-        "checkpoint, or an ensemble folder (ensemble.yaml) (default: shipped model)",
+        "checkpoint, or an ensemble folder (ensemble.yaml) (default: shipped model); a LAX model here is taken "
+        "as --lax-weights",
+    )
+    parser.add_argument(
+        "--lax-weights",
+        default=None,
+        help="LAX segmentation model (official format, e.g. finetuned/segmentation/mnms2_lax_4c) for long-axis "
+        "cines: per-frame areas and fractional area change (none ships)",
+    )
+    parser.add_argument(
+        "--view",
+        default=None,
+        help="the view to analyse and a NIfTI's view: sax, lax_4c, lax_2c, lax_3c (default: SAX when the exam "
+        "has it, else its long-axis view; a NIfTI's file name or slice count)",
     )
     parser.add_argument(
         "--landmark-weights",
@@ -63,17 +85,29 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{source}: no such file or folder")
     name = source.name.removesuffix(".gz").removesuffix(".nii") if source.is_file() else source.name
     out = Path(args.out) if args.out is not None else Path(f"{name}_analysis")
-    inputs = [p for p in (source, args.weights, args.landmark_weights) if p]
+    inputs = [p for p in (source, args.weights, args.lax_weights, args.landmark_weights) if p]
     check_output(out, inputs, folder=True, force=args.force)  # before minutes of work
 
-    from cinema.analysis.segment import SegmentationPredictor
+    from cinema.analysis.segment import SegmentationPredictor, segmentation_view
 
     started = time.perf_counter()
     if args.study is None:
         print(f"no STUDY given: analysing the bundled example exam ({source.name}, Sunnybrook Cardiac Data, CC0)")
-    predictor = SegmentationPredictor.from_weights(
-        args.weights, device=args.device, batch_size=args.batch_size, amp=args.amp
-    )
+    sax_weights, lax_weights = args.weights, args.lax_weights
+    if sax_weights is not None and segmentation_view(sax_weights) != "sax":
+        if lax_weights is not None:
+            raise CinemaError(f"--weights {sax_weights} is a long-axis model and --lax-weights is given too")
+        sax_weights, lax_weights = None, sax_weights
+    if lax_weights is not None and segmentation_view(lax_weights) == "sax":
+        raise CinemaError(f"--lax-weights {lax_weights} is a short-axis model; give it with --weights")
+    options = {"device": args.device, "batch_size": args.batch_size, "amp": args.amp}
+    lax_predictor = None
+    if lax_weights is not None:
+        lax_predictor = SegmentationPredictor.from_weights(lax_weights, **options)
+
+    def predictor() -> SegmentationPredictor:  # loaded only when the exam's SAX cine is analysed
+        return SegmentationPredictor.from_weights(sax_weights, **options)
+
     landmark_model = None
     if args.landmark_weights is not None:
         from cinema.analysis.landmarks import load_landmark_model
@@ -90,11 +124,14 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.quiet,
         other_inputs=inputs[1:],
+        view=args.view,
+        lax_predictor=lax_predictor,
     )
     for line in summary_lines(analysis.metrics):
         print(line)
+    seg, table = ("seg_sax.nii.gz", "volumes.csv") if analysis.is_sax else (f"seg_{analysis.view}.nii.gz", "areas.csv")
     print(
-        f"wrote {out}/ (report.html, metrics.json, volumes.csv, seg_sax.nii.gz, cine_overlay.gif) "
+        f"wrote {out}/ (report.html, metrics.json, {table}, {seg}, cine_overlay.gif) "
         f"in {time.perf_counter() - started:.1f} s"
     )
     return 0

@@ -47,7 +47,7 @@ TASK_MODELS = {
     "landmark_coordinate": ("convvit", "resnet"),
     "survival": ("convvit", "resnet"),
 }
-DATA_FORMATS = ("acdc", "mnms", "manifest")
+DATA_FORMATS = ("acdc", "mnms", "manifest", "cinema", "kaggle", "landmark")
 INITS = ("scratch", "pretrained", "finetuned")
 N_LANDMARKS = 3
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -81,7 +81,10 @@ class DataConfig:
     """Where the studies come from and which targets to learn.
 
     ``format``: ``acdc`` (patient folders with Info.cfg), ``mnms`` (M&Ms-style folders plus a CSV of ED/ES frames),
-    ``manifest`` (a generic CSV with one row per study: paths per view, labels and target columns).
+    ``manifest`` (a generic CSV with one row per study: paths per view, labels and target columns), ``cinema``
+    (CineMA's preprocessed layout: ``<split>_metadata.csv`` + ``<split>/<pid>/<pid>_sax_ed.nii.gz`` ...), ``kaggle``
+    (the Data Science Bowl's DICOM studies + its volumes CSV as ``manifest``: evaluation of volumes and EF only),
+    ``landmark`` (CineMA's landmark set: ``<view>/images/<uid>.png`` + ``<view>_<split>.csv`` as ``manifest``).
     """
 
     format: str = required()

@@ -515,3 +515,80 @@ def read_cinema_preprocessed(folder: str | os.PathLike, row: dict[str, Any] | No
     metadata = {"source_format": "cinema_preprocessed", "subject_id": folder.name}
     metadata.update({k: v for k, v in row.items() if k not in ("pid", "ed_frame", "es_frame")})
     return Study(views=views, ed_frame=ed, es_frame=es, metadata=metadata, source=str(folder))
+
+
+# ------------------------------------------------------------------------------------------------ Kaggle DSB
+
+KAGGLE_LAYOUT_DOC = """\
+The Second Annual Data Science Bowl (Kaggle) as downloaded:
+  <root>/train.csv, validate.csv          Id, Systole, Diastole (LV volumes in ml; no masks)
+  <root>/solution.csv                     the test split's volumes: Id "<pid>_Diastole" / "<pid>_Systole", Volume
+  <root>/<split>/<split>/<pid>/study/     sax_<n>/, 2ch_<n>/, 4ch_<n>/ folders of DICOM files (one series each)
+"""
+
+
+def read_kaggle_table(csv_path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """pid -> {"Diastole": ml, "Systole": ml} from a Kaggle DSB volumes CSV (train.csv / validate.csv, or the test
+    split's solution.csv with one row per pid and phase)."""
+    csv_path = Path(csv_path)
+    rows = _read_csv_rows(csv_path)
+    table: dict[str, dict[str, float]] = {}
+    for number, row in enumerate(rows, start=2):
+        pid = (row.get("Id") or "").strip()
+        try:
+            if "Volume" in row:  # solution.csv: "<pid>_Diastole", Volume
+                pid, _, phase = pid.partition("_")
+                if phase not in ("Diastole", "Systole"):
+                    raise ValueError(f"Id {row.get('Id')!r} is not <pid>_Diastole or <pid>_Systole")
+                table.setdefault(pid, {})[phase] = float(row["Volume"])
+            else:
+                table[pid] = {"Diastole": float(row["Diastole"]), "Systole": float(row["Systole"])}
+        except (KeyError, ValueError) as err:
+            raise InputError(f"{csv_path}:{number}: not a Kaggle DSB volumes row ({err})") from None
+        if not pid:
+            raise InputError(f"{csv_path}:{number}: no Id")
+    return table
+
+
+def kaggle_study_folders(root: str | os.PathLike, split: str) -> dict[str, Path]:
+    """pid -> its ``study`` folder of DICOM series, under ``<root>/<split>/<split>/`` (as unzipped) or
+    ``<root>/<split>/``."""
+    root = Path(root)
+    for base in (root / split / split, root / split):
+        found = {p.parent.name: p for p in base.glob("*/study") if p.is_dir()}
+        if found:
+            return found
+    return {}
+
+
+# ------------------------------------------------------------------------------------------------ landmark set
+
+LANDMARK_LAYOUT_DOC = """\
+CineMA's landmark set as its preprocessing writes it (PNG images and coordinate CSVs, no NIfTI geometry):
+  <root>/<view>_train.csv, <view>_val.csv, <view>_test.csv (or <view>.csv)   cohort_name, uid, view, x1, y1, ..., y3
+  <root>/<view>/images/<uid>.png                                              8-bit greyscale LAX frame
+x is the PNG's column and y its row, so (x, y) are voxel indices of the image read as (x, y) = (column, row). A PNG
+carries no pixel size: it is read as 1 x 1 mm (the reference trains on the PNG grid), so distances are in pixels.
+"""
+
+
+def read_landmark_png(path: str | os.PathLike, view: str) -> CineView:
+    """A landmark-set PNG as a one-frame long-axis view: (x, y, 1) = (column, row, frame), identity affine."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L"), dtype=np.float32)  # (rows, columns)
+    except (OSError, UnidentifiedImageError) as err:
+        raise InputError(f"{path}: unreadable PNG ({err})") from None
+    return CineView(image=pixels.T[:, :, None], affine=np.eye(4), source=str(path), name=view)
+
+
+def landmark_view_of(csv_path: str | os.PathLike) -> str:
+    """The view a landmark CSV's name announces (``lax_4c_train.csv`` -> ``lax_4c``)."""
+    name = Path(csv_path).name
+    view = next((v for v in VIEW_NAMES if v != SAX and name.startswith(v)), None)
+    if view is None:
+        raise InputError(f"{csv_path}: a landmark CSV is named <view>[_<split>].csv (lax_2c_train.csv, lax_4c.csv)")
+    return view

@@ -126,6 +126,93 @@ def _manifest_entries(path: Path) -> list[Entry]:
     return entries
 
 
+def _cinema_entries(root: Path, manifest: Path | None = None) -> list[Entry]:
+    """The subjects of CineMA's preprocessed layout under ``root`` (see `cinema.io.datasets.CINEMA_LAYOUT_DOC`):
+    those of the split whose metadata CSV ``manifest`` is (``train_metadata.csv``: the folder ``train``), else of every
+    split folder beside its CSV (the split's name becomes the ``split`` column), else of ``root`` itself."""
+    from cinema.io.datasets import cinema_preprocessed_table, is_cinema_preprocessed_folder, read_cinema_preprocessed
+
+    if manifest is not None and not manifest.is_file():
+        raise FileNotFoundError(f"config key 'data.manifest': {manifest} does not exist")
+    splits = {}
+    for csv_path in [manifest] if manifest is not None else sorted(root.glob("*.csv")):
+        split = csv_path.name.removesuffix(".csv").removesuffix("_metadata")
+        if (csv_path.parent / split).is_dir():
+            splits[split] = (csv_path.parent / split, cinema_preprocessed_table(csv_path))
+        elif manifest is not None:
+            raise InputError(f"{manifest}: no folder {split}/ beside it holding the split's subject folders")
+    groups = [(folder, table, s) for s, (folder, table) in splits.items()] or [(root, {}, None)]
+    entries = []
+    for folder, table, split in groups:
+        for subject in sorted(p for p in folder.iterdir() if is_cinema_preprocessed_folder(p)):
+            row = dict(table.get(subject.name, {}))
+            meta = {k: v for k, v in row.items() if k != "pid"} | ({"split": split} if split else {})
+            entries.append(
+                Entry(subject.name, meta, lambda f=subject, r=row: read_cinema_preprocessed(f, r), str(subject))
+            )
+    if not entries:
+        raise InputError(f"{root}: no subject folders of CineMA's preprocessed layout (<pid>/<pid>_sax_ed.nii.gz ...)")
+    ids = [e.id for e in entries]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InputError(f"{root}: subject ids in several splits {duplicates[:5]}")
+    return entries
+
+
+def _kaggle_entries(root: Path, manifest: Path) -> list[Entry]:
+    """The studies of one Kaggle DSB split (`cinema.io.datasets.KAGGLE_LAYOUT_DOC`): ``manifest`` is its volumes CSV
+    (train.csv, validate.csv, or solution.csv for the test split); each study's DICOM folder is read as it is, its
+    reference LV volumes become the ``Diastole`` / ``Systole`` metadata (there are no masks)."""
+    from cinema.io.datasets import kaggle_study_folders, read_kaggle_table
+    from cinema.io.read import read_study
+
+    if not manifest.is_file():
+        raise FileNotFoundError(f"config key 'data.manifest': {manifest} does not exist")
+    split = {"solution": "test"}.get(manifest.stem, manifest.stem)
+    table = read_kaggle_table(manifest)
+    folders = kaggle_study_folders(root, split)
+    if not folders:
+        raise InputError(f"{root}: no {split}/{split}/<pid>/study folders beside {manifest.name}")
+
+    def load(folder: Path, meta: dict[str, Any]) -> Study:
+        study = read_study(folder)
+        study.metadata.update(meta)
+        return study
+
+    entries = []
+    for pid in sorted(folders, key=lambda p: (len(p), p)):
+        meta = {**table.get(pid, {}), "split": split}
+        entries.append(Entry(pid, meta, lambda f=folders[pid], m=meta: load(f, m), str(folders[pid])))
+    return entries
+
+
+def _landmark_entries(root: Path, manifest: Path) -> list[Entry]:
+    """The frames of CineMA's landmark set (`cinema.io.datasets.LANDMARK_LAYOUT_DOC`) that ``manifest`` (one of its
+    ``<view>_<split>.csv``) lists; each frame is a one-frame study of that view, its row the metadata (x1 ... y3)."""
+    from cinema.io.datasets import landmark_view_of, read_landmark_png
+
+    if not manifest.is_file():
+        raise FileNotFoundError(f"config key 'data.manifest': {manifest} does not exist")
+    view = landmark_view_of(manifest)
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "uid" not in rows[0]:
+        raise InputError(f"{manifest}: a landmark CSV has rows with a 'uid' column")
+
+    def load(png: Path, meta: dict[str, Any]) -> Study:
+        return Study(views={view: read_landmark_png(png, view)}, metadata={"source_format": "landmark", **meta})
+
+    entries = []
+    for row in rows:
+        uid = (row.get("uid") or "").strip()
+        png = root / view / "images" / f"{uid}.png"
+        if not png.is_file():
+            raise FileNotFoundError(f"{manifest}: no image {png} for uid {uid!r}")
+        meta = {k: parse_number(v) for k, v in row.items() if k and k not in ("uid", "view") and (v or "").strip()}
+        entries.append(Entry(uid, meta, lambda p=png, m=meta: load(p, m), str(png)))
+    return entries
+
+
 def list_entries(config: FinetuneConfig) -> list[Entry]:
     data = config.data
     root = resolve_path(data.dir)
@@ -133,8 +220,14 @@ def list_entries(config: FinetuneConfig) -> list[Entry]:
         raise FileNotFoundError(f"config key 'data.dir': {root} is not a folder")
     if data.format == "acdc":
         return _acdc_entries(root)
-    manifest = Path(data.manifest)
-    manifest = manifest if manifest.is_absolute() else root / manifest
+    manifest = Path(data.manifest) if data.manifest else None
+    manifest = manifest if manifest is None or manifest.is_absolute() else root / manifest
+    if data.format == "cinema":
+        return _cinema_entries(root, manifest)
+    if data.format == "kaggle":
+        return _kaggle_entries(root, manifest)
+    if data.format == "landmark":
+        return _landmark_entries(root, manifest)
     if data.format == "mnms":
         return _mnms_entries(root, manifest)
     return _manifest_entries(manifest)
