@@ -56,6 +56,7 @@ networks saw every rotation in training, but ACDC's stored orientation is still 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -70,6 +71,7 @@ from torch import nn
 
 from cinema.io.errors import InputError
 from cinema.io.study import SAX, VIEW_NAMES, CineView, Study
+from cinema.models.precision import resolve_precision
 from cinema.preprocess.model_space import ModelSpaceTransform, from_model_space, to_model_space
 from cinema.preprocess.slices import neighbour_slices
 
@@ -663,7 +665,9 @@ class InferenceOptions:
 
     Attributes:
         batch_size: slices (2-D model) or frames (3-D model) per forward pass.
-        amp: bf16 autocast (faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs; not bit-identical to fp32).
+        amp: bf16 autocast (True), fp32 (False), or None: bf16 where the CPU computes it natively (AMX or AVX-512
+            BF16) and fp32 elsewhere (`cinema.models.precision`); the predictor resolves None when it is built.
+            bf16 is not bit-identical to fp32.
         mirror: also predict the mirror image and average, so that exams stored with the other in-plane handedness
             than the training data (another vendor's or reader's axis convention) are segmented alike.
         rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
@@ -671,7 +675,7 @@ class InferenceOptions:
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
-    amp: bool = False
+    amp: bool | None = None
     mirror: bool = MIRROR_DEFAULT
     rotate: bool = ROTATE_DEFAULT
     postprocess: bool = True
@@ -693,7 +697,20 @@ class SegmentationPredictor:
 
     def __init__(self, model: SegmentationModel, options: InferenceOptions | None = None) -> None:
         self.model = model
-        self.options = options or InferenceOptions()
+        self._options = options or InferenceOptions()
+
+    @property
+    def options(self) -> InferenceOptions:
+        """The options, ``amp=None`` (auto) resolved for the model's device on first use."""
+        if self._options.amp is None:
+            native = resolve_precision("auto", self.model.device) == "bf16"
+            self._options = dataclasses.replace(self._options, amp=native)
+        return self._options
+
+    @property
+    def precision(self) -> str:
+        """``bf16`` or ``fp32``: what the network runs in."""
+        return "bf16" if self.options.amp else "fp32"
 
     @classmethod
     def from_weights(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from cinema.cli.options import add_precision_option, amp_of
+
 HELP = "analyse many exams (folders, index files) into one table and page; resumable, sharded over nodes"
 
 
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--weights", default=None, help="SAX segmentation model folder (default: shipped model)")
     parser.add_argument("--batch-size", type=int, default=32, help="slices (2-D model) or frames (3-D) per pass")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
+    add_precision_option(parser)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per worker process (default: the cores shared out)"
     )
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
         device=args.device,
         batch_size=args.batch_size,
-        amp=args.amp,
+        amp=amp_of(args),
         threads=args.threads,
         debug=bool(getattr(args, "debug", False)),
     )

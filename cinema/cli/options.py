@@ -21,3 +21,22 @@ def add_force_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--force", action="store_true", help=f"replace {what} if it is an earlier cinema output (never anything else)"
     )
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16`` (``--amp`` = bf16): the segmentation network's numeric precision."""
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto (default): bf16 autocast where the CPU computes bf16 natively (AMX or AVX-512 BF16), fp32 "
+        "elsewhere and on GPUs; fp32 gives the same numbers on every machine",
+    )
+    parser.add_argument(
+        "--amp", dest="precision", action="store_const", const="bf16", help="the same as --precision bf16"
+    )
+
+
+def amp_of(args: argparse.Namespace) -> bool | None:
+    """`InferenceOptions.amp` for the parsed ``--precision``: None (auto), False (fp32) or True (bf16)."""
+    return {"auto": None, "fp32": False, "bf16": True}[args.precision]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from cinema.cli.options import add_study_option
+from cinema.cli.options import add_precision_option, add_study_option, amp_of
 
 HELP = "segment the short-axis cine of an exam (RV, MYO, LV) with the shipped model, or its LAX cine with LAX weights"
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep every connected component (default: only the LV cavity's largest)",
     )
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
+    add_precision_option(parser)
     parser.add_argument(
         "--mirror", action="store_true", help="also predict the mirror image and average (mirror-image exams)"
     )
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         postprocess=not args.no_postprocess,
-        amp=args.amp,
+        amp=amp_of(args),
         mirror=args.mirror,
         rotate=args.rotate,
     )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from cinema.cli.options import add_precision_option, amp_of
+
 HELP = "serve a local web page to upload an exam (zip of DICOM or NIfTI) and view its analysis report"
 
 
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=32, help="slices (2-D model) or frames (3-D) per pass")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (faster on AMX CPUs and GPUs)")
+    add_precision_option(parser)
     parser.add_argument("--max-upload-mb", type=int, default=512, help="largest upload accepted (default 512)")
     parser.add_argument(
         "--max-unpacked-mb", type=int, default=2048, help="largest unpacked size of an upload (default 2048)"
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
         device=args.device,
         batch_size=args.batch_size,
-        amp=args.amp,
+        amp=amp_of(args),
     )
     # Our own log lines only (job ids, sizes, times): other modules' INFO messages may name input paths.
     handler = logging.StreamHandler()

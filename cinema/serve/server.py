@@ -133,7 +133,7 @@ class ServeSettings:
     weights: str | None = None
     device: str = "cpu"
     batch_size: int = 32
-    amp: bool = False
+    amp: bool | None = None  # None: bf16 where the CPU computes it natively (InferenceOptions)
 
 
 def is_loopback(host: str) -> bool:
