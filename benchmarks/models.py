@@ -1,5 +1,5 @@
-"""CPU speed of the base CineMA models: ConvUNetR-SAX inference, one MAE 4-view training step, and one training step
-of the shipped default segmentation U-Net (2.5-D, batch 8 of 3 x 128 x 128, Dice + CE, AdamW).
+"""CPU speed of the base CineMA models: ConvUNetR-SAX and ConvViT-SAX inference, one MAE 4-view training step, and
+one training step of the shipped default segmentation U-Net (2.5-D, batch 8 of 3 x 128 x 128, Dice + CE, AdamW).
 
     python benchmarks/models.py                  # all cases, fp32 and bf16 autocast
     python benchmarks/models.py --repeats 5 --threads 2 --cases convunetr_sax --precisions bf16
@@ -25,7 +25,7 @@ import time
 
 from machine import cpu_name
 
-CASES = ("convunetr_sax", "mae_train", "unet2d_train")
+CASES = ("convunetr_sax", "convvit_sax", "mae_train", "unet2d_train")
 # the reference's timings; cases without one are compared with their own fp32 run
 REFERENCE_S = {"convunetr_sax": 6.1, "mae_train": 9.8}
 
@@ -34,6 +34,7 @@ def _run_case(case: str, precision: str, repeats: int, threads: int, channels_la
     import torch
 
     from cinema.models.convunetr import ConvUNetR
+    from cinema.models.convvit import ConvViT
     from cinema.models.mae import CineMA
     from cinema.models.unet import UNet
     from cinema.tasks.segmentation import segmentation_loss
@@ -47,6 +48,15 @@ def _run_case(case: str, precision: str, repeats: int, threads: int, channels_la
         if channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
             image = image.to(memory_format=torch.channels_last_3d)
+
+        def step() -> None:
+            with torch.inference_mode(), autocast():
+                model({"sax": image})
+
+    elif case == "convvit_sax":
+        # the released SAX classification / regression layout: ED and ES frames as two input channels
+        model = ConvViT({"sax": (192, 192, 16)}, out_chans=2, in_chans=2, size="base").eval()
+        image = torch.rand(1, 2, 192, 192, 16)
 
         def step() -> None:
             with torch.inference_mode(), autocast():
