@@ -30,8 +30,10 @@ def test_lax_function_follows_the_reference_definitions():
     lengths = np.array(result["lv_length_mm"])
     assert lengths[1] == pytest.approx(np.hypot(0, 100.0)) and lengths[3] == pytest.approx(90.0, abs=1e-6)
     assert result["longitudinal_shortening_pct"] == pytest.approx(10.0, abs=1e-2)
+    assert result["global_longitudinal_strain_pct"] == pytest.approx(-10.0, abs=1e-2)  # (L_ES - L_ED) / L_ED
     one = lax_function(np.array(frames[:1]))
     assert one["mapse_mm"] is None and one["longitudinal_shortening_pct"] is None
+    assert one["global_longitudinal_strain_pct"] is None
     with pytest.raises(ValueError, match="3, 3"):
         lax_function(np.zeros((4, 2, 3)))
 

@@ -313,7 +313,7 @@ def test_volume_rates_recover_the_analytic_peaks_and_e_a():
 
 def test_analyze_writes_the_regional_object_report_and_cohort_columns(tmp_path):
     from cinema.analysis.analyze import analyze_study, write_analysis
-    from cinema.analysis.segment import SegmentationPredictor
+    from cinema.analysis.segment import InferenceOptions, SegmentationPredictor
     from cinema.io import CineView, Study
 
     # a 12-frame cine whose cavity and wall follow a contraction: the stub predictor returns these labels
@@ -326,7 +326,7 @@ def test_analyze_writes_the_regional_object_report_and_cohort_columns(tmp_path):
 
     class Stub(SegmentationPredictor):
         def __init__(self):
-            self.model = type("Model", (), {"source": "stub"})()
+            super().__init__(type("Model", (), {"source": "stub"})(), InferenceOptions(amp=False))
 
         def segment_study(self, study, confidence=None, progress=None):
             return {f: frames[f] for f in range(len(frames))}

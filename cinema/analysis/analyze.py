@@ -319,6 +319,8 @@ def analyze_study(
     disease, features, disease_note = disease_probabilities(series, ed, es, view.spacing, classifier)
     landmarks, landmark_note = mitral_valve_landmarks(study, landmark_model)
     notes += [n for n, value in ((disease_note, disease), (landmark_note, landmarks)) if value is None]
+    gls = None if landmarks is None else landmarks.get("global_longitudinal_strain_pct")
+    regional["global"]["longitudinal_strain_pct"] = regional["summary"]["longitudinal_strain_pct"] = gls
     model_name = Path(str(getattr(predictor.model, "source", "") or "model")).name
     times = view.frame_times_ms
     metrics.update(

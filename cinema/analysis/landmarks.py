@@ -167,11 +167,17 @@ def lax_function(world: np.ndarray) -> dict[str, Any]:
         "lax_es_frame": shortest,
         "mapse_mm": None,
         "longitudinal_shortening_pct": None,
+        "global_longitudinal_strain_pct": None,
     }
     if world.shape[0] > 1 and longest != shortest:
         displacement = np.linalg.norm(world[longest, :2] - world[shortest, :2], axis=1)
         result["mapse_mm"] = round(float(displacement.mean()), 2)
         result["longitudinal_shortening_pct"] = round(
             float((length[longest] - length[shortest]) / length[longest] * 100), 2
+        )
+        # Lagrangian strain of the apex-to-annulus-midpoint length, ED (longest) reference: a landmark GLS, negative
+        # in systole, not the myocardial contour length that feature tracking measures
+        result["global_longitudinal_strain_pct"] = round(
+            float((length[shortest] - length[longest]) / length[longest] * 100), 2
         )
     return result
