@@ -136,17 +136,28 @@ def find_exams(inputs: Iterable[str | os.PathLike]) -> list[Exam]:
     return sorted(exams, key=lambda e: e.id)
 
 
-def read_exam(exam: Exam) -> tuple[Any, bool]:
+def read_exam(exam: Exam, view: str | None = None) -> tuple[Any, bool]:
     """(the `Study`, whether its SAX cine is a single 3-D NIfTI frame) of an exam; errors name the file.
 
-    A NIfTI file is read as the SAX cine whatever its name, as ``cinema analyze`` reads it.
+    A NIfTI file's view follows ``cinema analyze``'s rule: `view` when given, else its file name's
+    (``..._lax_4c.nii.gz``), else a stack of several slices is SAX; a single-slice file whose view is not named raises
+    InputError (`cinema.io.nifti.read_nifti_cine`), so that a long-axis cine is never measured as a one-slice SAX
+    stack (volumes of zero). A cohort measures short-axis cines: an exam without one raises InputError saying so.
     """
     from cinema.io import read_study
     from cinema.io.datasets import nifti_shape
     from cinema.io.index import read_index_entry
-    from cinema.io.study import SAX
+    from cinema.io.study import SAX, view_name_for
 
     if exam.kind == "nifti":
-        study = read_study(exam.path, view=SAX)
-        return study, len(nifti_shape(exam.path)) == 3
-    return read_index_entry(exam.entry), False
+        study = read_study(exam.path, view=None if view is None else view_name_for(view))
+        spatial_only = len(nifti_shape(exam.path)) == 3
+    else:
+        study, spatial_only = read_index_entry(exam.entry), False
+    if SAX not in study.views:
+        found = ", ".join(study.view_names) or "none"
+        raise InputError(
+            f"{study.source or exam.path}: no short-axis cine (views: {found}); cinema cohort measures short-axis "
+            "cines: analyse a long-axis exam with `cinema analyze EXAM --lax-weights MODEL`"
+        )
+    return study, spatial_only

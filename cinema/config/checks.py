@@ -21,6 +21,8 @@ from cinema.config.schema import (
 )
 from cinema.io.errors import InputError
 
+FORMATS_WITHOUT_MANIFEST = ("acdc", "cinema")
+
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
@@ -32,8 +34,10 @@ def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of ind
     task, data, model, train, transform = config.task, config.data, config.model, config.train, config.transform
     _check(task in TASKS, f"config key 'task': {task!r} is not one of {', '.join(TASKS)}")
     _check(data.format in DATA_FORMATS, f"config key 'data.format': {data.format!r} is not one of {DATA_FORMATS}")
+    # acdc reads each patient's Info.cfg; cinema finds each split's metadata CSV beside its folder (every split, the
+    # split's name in a "split" column), so data.manifest only narrows it to one split
     _check(
-        data.format == "acdc" or data.manifest is not None,
+        data.format in FORMATS_WITHOUT_MANIFEST or data.manifest is not None,
         f"config key 'data.manifest' is required for data.format {data.format!r}",
     )
     _check(

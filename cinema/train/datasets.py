@@ -129,7 +129,8 @@ def _manifest_entries(path: Path) -> list[Entry]:
 def _cinema_entries(root: Path, manifest: Path | None = None) -> list[Entry]:
     """The subjects of CineMA's preprocessed layout under ``root`` (see `cinema.io.datasets.CINEMA_LAYOUT_DOC`):
     those of the split whose metadata CSV ``manifest`` is (``train_metadata.csv``: the folder ``train``), else of every
-    split folder beside its CSV (the split's name becomes the ``split`` column), else of ``root`` itself."""
+    split folder beside its CSV except ``test`` (the split's name becomes the ``split`` column), else of ``root``
+    itself. The test split is read only when its CSV is named as ``manifest``: never mixed into training data."""
     from cinema.io.datasets import cinema_preprocessed_table, is_cinema_preprocessed_folder, read_cinema_preprocessed
 
     if manifest is not None and not manifest.is_file():
@@ -137,6 +138,8 @@ def _cinema_entries(root: Path, manifest: Path | None = None) -> list[Entry]:
     splits = {}
     for csv_path in [manifest] if manifest is not None else sorted(root.glob("*.csv")):
         split = csv_path.name.removesuffix(".csv").removesuffix("_metadata")
+        if manifest is None and split == "test":
+            continue
         if (csv_path.parent / split).is_dir():
             splits[split] = (csv_path.parent / split, cinema_preprocessed_table(csv_path))
         elif manifest is not None:
