@@ -665,9 +665,8 @@ class InferenceOptions:
 
     Attributes:
         batch_size: slices (2-D model) or frames (3-D model) per forward pass.
-        amp: bf16 autocast (True), fp32 (False), or None: bf16 where the CPU computes it natively (AMX or AVX-512
-            BF16) and fp32 elsewhere (`cinema.models.precision`); the predictor resolves None when it is built.
-            bf16 is not bit-identical to fp32.
+        amp: bf16 autocast (True), fp32 (False, the default), or None: bf16 on CPUs with AMX and fp32 elsewhere
+            (`cinema.models.precision`), resolved on first use. bf16 is not bit-identical to fp32.
         mirror: also predict the mirror image and average, so that exams stored with the other in-plane handedness
             than the training data (another vendor's or reader's axis convention) are segmented alike.
         rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
@@ -675,7 +674,7 @@ class InferenceOptions:
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
-    amp: bool | None = None
+    amp: bool | None = False
     mirror: bool = MIRROR_DEFAULT
     rotate: bool = ROTATE_DEFAULT
     postprocess: bool = True

@@ -59,7 +59,7 @@ class CohortSettings:
     weights: str | None = None
     device: str = "cpu"
     batch_size: int = 32
-    amp: bool | None = None  # None: bf16 where the CPU computes it natively (InferenceOptions)
+    amp: bool | None = False  # None: bf16 on CPUs with AMX (InferenceOptions)
     threads: int | None = None  # torch threads per spawned worker (None: the cores shared out among the workers)
     debug: bool = False  # print each failed exam's traceback
 

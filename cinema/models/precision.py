@@ -1,8 +1,10 @@
-"""Which numeric precision inference runs in: fp32, or bf16 autocast where the hardware computes bf16 natively.
+"""Which numeric precision inference runs in: fp32, or bf16 autocast where it measured (or is built to be) faster.
 
-On a CPU, bf16 pays off only with AMX (Intel Sapphire Rapids and later) or AVX-512 BF16 (e.g. AMD Zen 4); elsewhere
-PyTorch emulates it and is several times slower than fp32, so "auto" never picks it there. On CUDA "auto" keeps fp32:
-GPU users choose bf16 explicitly. Speed and accuracy of each choice for the shipped model: docs/model-card.md.
+On a CPU, bf16 can pay off only with AMX (Intel Sapphire Rapids and later) or AVX-512 BF16 (e.g. AMD Zen 4); elsewhere
+PyTorch emulates it and it is several times slower than fp32. Measured end to end with the shipped ensemble on a
+2-core AMD EPYC with AVX-512 BF16 (benchmarks/speed.py, docs/model-card.md), bf16 was not faster than fp32 (0.95-1.08x),
+so ``auto`` keeps fp32 there and picks bf16 only on CPUs with AMX tiles. On CUDA ``auto`` keeps fp32: GPU users choose
+bf16 explicitly. The default of the command line is fp32: the same numbers on every machine.
 """
 
 from __future__ import annotations
@@ -12,35 +14,42 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "cpu_has_native_bf16", "resolve_precision"]
+__all__ = ["AUTO_BF16_FLAGS", "BF16_CPU_FLAGS", "PRECISIONS", "cpu_flags", "cpu_has_native_bf16", "resolve_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # native bf16 arithmetic
+AUTO_BF16_FLAGS = ("amx_bf16",)  # where `auto` picks bf16
 
 
 @functools.cache
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16), read from the kernel's CPU flags (Linux).
-
-    Elsewhere (macOS, Windows, an unreadable cpuinfo) the answer is False: fp32 is never the slow choice.
-    """
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags from the kernel (Linux); empty elsewhere or when unreadable."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return False
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return any(flag in line.split(":", 1)[-1].split() for flag in BF16_CPU_FLAGS)
-    return False
+            return frozenset(line.split(":", 1)[-1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16); False where the flags cannot be read."""
+    return any(flag in cpu_flags(cpuinfo) for flag in BF16_CPU_FLAGS)
+
+
+def _auto_picks_bf16() -> bool:
+    return any(flag in cpu_flags() for flag in AUTO_BF16_FLAGS)
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """``fp32`` or ``bf16`` for `precision` (``auto``, ``fp32`` or ``bf16``) on `device`.
 
-    ``auto`` is bf16 on a CPU with native bf16 and fp32 everywhere else.
+    ``auto`` is bf16 on a CPU with AMX and fp32 everywhere else.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
-    return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "fp32"
+    return "bf16" if torch.device(device).type == "cpu" and _auto_picks_bf16() else "fp32"
