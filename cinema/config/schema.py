@@ -133,6 +133,22 @@ def _lax_transform() -> ViewTransformConfig:
 
 
 @dataclass
+class AcquisitionShiftConfig:
+    """On-the-fly acquisition shifts (`cinema.preprocess.augment.random_acquisition_shift`), for segmentation models
+    that must hold on other scanners and protocols. ``prob`` 0 (the default) leaves training exactly as before, random
+    stream included; otherwise each shift is applied to a sample with probability ``prob``, its strength drawn
+    uniformly between none and the maximum below."""
+
+    prob: float = 0.0
+    bias_field: float = 0.5  # max |log gain| of a smooth multiplicative field (coil sensitivity)
+    rician_std: float = 0.06  # max Rician noise sigma, as a fraction of the sample's [0, 1] range (magnitude images)
+    blur_sigma: float = 1.2  # max Gaussian blur sigma in model-space voxels (reconstruction filters)
+    low_res: float = 1.8  # max in-plane down-sampling factor before sampling back up (coarser acquisition)
+    slice_blend: float = 0.35  # max weight of the adjacent 2.5-D channels mixed into each (thicker slices)
+    context_drop: float = 0.0  # probability of zeroing one neighbour channel (a stack end: partial coverage)
+
+
+@dataclass
 class TransformConfig:
     """Training augmentation (reference §3.3): gamma, noise, rescale, random affine, coarse dropout, crop/pad."""
 
@@ -150,6 +166,7 @@ class TransformConfig:
     # other in-plane handedness (a reader's or vendor's axis convention the affine does not undo) are then no longer
     # out of distribution. Not for landmarks or other outputs whose meaning has a side.
     flip: float = 0.0
+    shift: AcquisitionShiftConfig = field(default_factory=AcquisitionShiftConfig)
     sax: ViewTransformConfig = field(default_factory=_sax_transform)
     lax: ViewTransformConfig = field(default_factory=_lax_transform)
 

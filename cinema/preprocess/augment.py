@@ -7,6 +7,11 @@ points) and, for segmentation, one coarse-dropout hole. Every random draw is per
 ``generator`` passed in, on the CPU, so a run is reproducible on any device and resumes exactly.
 
 Spatial layout is (B, C, X, Y[, Z]): the in-plane axes first, the slice axis last, as the models take it.
+
+`random_acquisition_shift` adds what differs between scanners and protocols rather than between hearts: coil bias
+fields, Rician noise, reconstruction blur, coarser in-plane acquisition, thicker slices (neighbour channels bled into
+each other) and stack ends where there are none (partial coverage). They change intensities only, never geometry, so
+labels need no update; `cinema.preprocess.shifts` applies the same kinds of shift to whole exams for validation.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 __all__ = [
     "augment_view",
     "crop_or_pad",
+    "random_acquisition_shift",
     "random_affine",
     "random_coarse_dropout",
     "random_gamma",
@@ -192,6 +198,154 @@ def random_coarse_dropout(
         hole = hole & inside.reshape(shape)
     hole = hole & apply.reshape(-1, *([1] * (images.ndim - 1)))
     return images.masked_fill(hole.to(images.device), 0)
+
+
+def _planes(images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(B, C, X, Y[, Z]) -> (B, C * Z, X, Y): every in-plane image as a channel, for the in-plane filters."""
+    if images.ndim == 4:
+        return images, tuple(images.shape)
+    batch, chans, x, y, z = images.shape
+    return images.permute(0, 1, 4, 2, 3).reshape(batch, chans * z, x, y), tuple(images.shape)
+
+
+def _unplanes(planes: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    if len(shape) == 4:
+        return planes
+    batch, chans, x, y, z = shape
+    return planes.reshape(batch, chans, z, x, y).permute(0, 1, 3, 4, 2)
+
+
+def _gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B,) sigmas in voxels -> (B, 2 * radius + 1) normalised 1-D kernels; sigma 0 gives the identity."""
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    safe = sigma.clamp_min(1e-6).reshape(-1, 1)
+    kernels = torch.exp(-0.5 * (offsets.reshape(1, -1) / safe) ** 2)
+    return kernels / kernels.sum(dim=1, keepdim=True)
+
+
+def _blur_planes(planes: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (B, P, X, Y), one sigma per sample, reflecting at the borders."""
+    radius = max(1, math.ceil(3.0 * float(sigma.max())))
+    batch, n_planes, x, y = planes.shape
+    radius = min(radius, x - 1, y - 1)
+    kernel = _gaussian_kernels(sigma, radius).to(device=planes.device, dtype=planes.dtype)
+    kernel = kernel.repeat_interleave(n_planes, dim=0)  # (B * P, K)
+    flat = planes.reshape(1, batch * n_planes, x, y)
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"),
+        kernel.reshape(-1, 1, 2 * radius + 1, 1),
+        groups=batch * n_planes,
+    )
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"),
+        kernel.reshape(-1, 1, 1, 2 * radius + 1),
+        groups=batch * n_planes,
+    )
+    return flat.reshape(batch, n_planes, x, y)
+
+
+def random_acquisition_shift(
+    images: torch.Tensor,
+    *,
+    generator: torch.Generator | None,
+    prob: float,
+    bias_field: float = 0.5,
+    rician_std: float = 0.06,
+    blur_sigma: float = 1.2,
+    low_res: float = 1.8,
+    slice_blend: float = 0.35,
+    context_drop: float = 0.0,
+    context: int = 0,
+) -> torch.Tensor:
+    """Scanner and protocol shifts per sample, each with probability ``prob`` and a strength uniform in [0, max].
+
+    Order: thicker slices (each 2.5-D channel mixed with its adjacent ones by a weight up to ``slice_blend``; only
+    with ``context`` > 0, the channels being ``F x (2 * context + 1)`` slices), a stack end (with probability
+    ``context_drop`` the neighbours on one side zeroed, as past the end of a stack), a smooth multiplicative bias
+    field (log gain up to ``bias_field``), coarser acquisition (in-plane down-sampling by up to ``low_res``, then
+    back), blur (Gaussian sigma up to ``blur_sigma`` voxels) and Rician noise (sigma up to ``rician_std`` of the
+    range). Channels that are all zero (past the end of a stack) stay zero: they carry the stack-end cue.
+
+    Args:
+        images: (B, C, X, Y[, Z]) float, rescaled to [0, 1] per sample.
+
+    Returns:
+        The shifted images, rescaled to [0, 1] per sample (the geometry is unchanged).
+    """
+    if images.ndim not in (4, 5):
+        raise ValueError(f"expected (B, C, X, Y[, Z]) images, got shape {tuple(images.shape)}")
+    for name, value in (("prob", prob), ("context_drop", context_drop)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if min(bias_field, rician_std, blur_sigma, slice_blend) < 0 or low_res < 1 or slice_blend > 1:
+        raise ValueError("shift strengths must be >= 0 (slice_blend <= 1) and low_res >= 1")
+    batch = images.shape[0]
+    # every draw happens whatever the content, so a sample's shifts depend on the generator state only
+    draws = {
+        name: (torch.rand(batch, generator=generator) < prob, _uniform(batch, 0.0, 1.0, generator))
+        for name in ("slice_blend", "bias_field", "low_res", "blur", "rician")
+    }
+    drop = torch.rand(batch, generator=generator) < context_drop
+    drop_side = torch.rand(batch, generator=generator) < 0.5
+    coarse = torch.randn(batch, 1, 4, 4, generator=generator, dtype=torch.float64)
+    out = images.clone()
+    planes_shape = out.shape
+    present = out.flatten(2).abs().amax(dim=2) > 0  # (B, C)
+    width = 2 * context + 1
+    if context > 0 and out.shape[1] % width == 0:
+        grouped = out.reshape(batch, -1, width, *out.shape[2:])
+        mask = present.reshape(batch, -1, width).to(out.dtype)
+        apply, strength = draws["slice_blend"]
+        if apply.any():
+            # each channel takes the mean of its present adjacent channels: a thicker slice profile
+            tail = [1] * (grouped.ndim - 3)
+            masked = grouped * mask.reshape(*mask.shape, *tail)
+            padded = F.pad(masked.movedim(2, -1), (1, 1)).movedim(-1, 2)
+            count = F.pad(mask, (1, 1))
+            adjacent = padded[:, :, :-2] + padded[:, :, 2:]
+            n_adjacent = (count[:, :, :-2] + count[:, :, 2:]).reshape(*mask.shape, *tail)
+            weight = (slice_blend * strength * apply).to(out.dtype).reshape(batch, 1, 1, *tail)
+            weight = weight * (n_adjacent > 0)
+            mixed = (1 - weight) * grouped + weight * adjacent / n_adjacent.clamp_min(1)
+            grouped = torch.where(mask.reshape(*mask.shape, *tail) > 0, mixed, grouped)
+        if drop.any():
+            side = torch.zeros(batch, width, dtype=torch.bool)
+            side[:, :context] = drop_side.reshape(-1, 1)
+            side[:, context + 1 :] = ~drop_side.reshape(-1, 1)
+            side &= drop.reshape(-1, 1)
+            grouped = grouped.masked_fill(side.reshape(batch, 1, width, *([1] * (grouped.ndim - 3))), 0.0)
+            present = present & ~side.repeat(1, grouped.shape[1]).reshape(present.shape)
+        out = grouped.reshape(planes_shape)
+    planes, shape = _planes(out)
+    x, y = planes.shape[2:]
+    apply, strength = draws["bias_field"]
+    if apply.any() and bias_field > 0:
+        field = F.interpolate(coarse, size=(x, y), mode="bicubic", align_corners=True)
+        field = field / field.flatten(1).abs().amax(dim=1).clamp_min(1e-6).reshape(-1, 1, 1, 1)
+        gain = torch.exp(field * (bias_field * strength * apply).reshape(-1, 1, 1, 1))
+        planes = planes * gain.to(device=planes.device, dtype=planes.dtype)
+    apply, strength = draws["low_res"]
+    if apply.any() and low_res > 1:
+        planes = planes.clone()
+        for i in apply.nonzero().flatten().tolist():
+            factor = 1.0 + (low_res - 1.0) * float(strength[i])
+            small = (max(2, round(x / factor)), max(2, round(y / factor)))
+            down = F.interpolate(planes[i : i + 1], size=small, mode="area")
+            planes[i] = F.interpolate(down, size=(x, y), mode="bilinear", align_corners=False)[0]
+    apply, strength = draws["blur"]
+    if apply.any() and blur_sigma > 0:
+        planes = _blur_planes(planes, blur_sigma * strength * apply)
+    out = scale_intensity(_unplanes(planes, shape))
+    apply, strength = draws["rician"]
+    if apply.any() and rician_std > 0:
+        index = apply.nonzero().flatten()
+        sigma = _per_sample(rician_std * strength[index], out[index])
+        real = torch.randn(out[index].shape, generator=generator).to(device=out.device, dtype=out.dtype) * sigma
+        imag = torch.randn(out[index].shape, generator=generator).to(device=out.device, dtype=out.dtype) * sigma
+        out[index] = torch.sqrt((out[index] + real) ** 2 + imag**2)
+        out = scale_intensity(out)
+    keep = present.reshape(*present.shape, *([1] * (out.ndim - 2))).to(out.dtype)
+    return out * keep
 
 
 def render_heatmaps(points: torch.Tensor, spatial_shape: Sequence[int], sigma: float) -> torch.Tensor:

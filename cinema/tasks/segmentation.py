@@ -19,6 +19,7 @@ from torch import nn
 from cinema.config import FinetuneConfig
 from cinema.metrics import ACDC_CLASSES, dice_per_class
 from cinema.models.inference import average_windows, to_device
+from cinema.preprocess.augment import random_acquisition_shift, scale_intensity
 from cinema.preprocess.slices import neighbour_slices
 from cinema.tasks.base import Batch, Task, soft_dice_loss
 
@@ -59,6 +60,30 @@ class SegmentationTask(Task):
         self.n_classes = config.out_chans
         self.names = class_names(self.n_classes)
         self.metric_modes = {"mean_dice": "max", **{f"dice_{n}": "max" for n in self.names.values()}}
+
+    def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Acquisition shifts (``transform.shift``, off by default) first, then the reference augmentation."""
+        cfg = self.config.transform
+        if not cfg.enabled or cfg.shift.prob <= 0:
+            return super().augment(batch, generator)
+        shift = cfg.shift
+        context = self.config.data.context_slices if self.config.data.slice_2d else 0
+        images = {
+            view: random_acquisition_shift(
+                scale_intensity(image),
+                generator=generator,
+                prob=shift.prob,
+                bias_field=shift.bias_field,
+                rician_std=shift.rician_std,
+                blur_sigma=shift.blur_sigma,
+                low_res=shift.low_res,
+                slice_blend=shift.slice_blend,
+                context_drop=shift.context_drop,
+                context=context,
+            )
+            for view, image in batch["image"].items()
+        }
+        return super().augment({**batch, "image": images}, generator)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model(batch["image"])
