@@ -85,3 +85,28 @@ def test_coarse_model_is_one_member_at_a_coarse_spacing(model, tiny_weights):
     assert segment._coarse_model(model, large).spacing == pytest.approx((3.75, 3.75))  # 2.5 times at most
     plain = segment.load_segmentation_model(tiny_weights)
     assert segment._coarse_model(plain, view).network is plain.network  # a plain model is used as it is
+
+
+def test_motion_pointing_away_from_the_heart_is_overruled_by_the_network(acdc_dir, model, monkeypatch, caplog):
+    """A bias field or noise can make the motion-based location confident and wrong (measured: patient067 under the
+    bias-field shift); the coarse network pass then wins, and an agreeing motion location is kept as it is."""
+    from cinema.io import read_acdc_patient
+    from cinema.preprocess import localise
+
+    study = read_acdc_patient(acdc_dir / "patient001")
+    predictor = segment.SegmentationPredictor(model)
+    truth = study.sax.labels[study.ed_frame] > 0
+    heart_mm = study.sax.affine[:3, :3] @ np.argwhere(truth).mean(axis=0) + study.sax.affine[:3, 3]
+    agreed = predictor.locate_heart(study)
+    assert segment._in_plane_distance(agreed, heart_mm, study.sax.affine) < segment.MOTION_DISAGREEMENT_MM
+
+    corner = study.sax.affine[:3, :3] @ np.array([5.0, 5.0, 4.0]) + study.sax.affine[:3, 3]
+    wrong = localise.HeartLocation(
+        center_mm=corner, center_index=np.array([5.0, 5.0, 4.0]), confidence=4.3, fallback=False, method="motion"
+    )
+    monkeypatch.setattr("cinema.preprocess.locate_study_heart", lambda *_: wrong)
+    with caplog.at_level(logging.INFO, logger=segment.__name__):
+        center = predictor.locate_heart(study)
+    assert "using the network's" in caplog.text
+    _, transform = segment._model_space(study.sax, [study.ed_frame], model, center)
+    assert crop_coverage(truth, transform) >= 0.999

@@ -647,6 +647,19 @@ def _heart_from_prediction(
     return _heart_full_sweep(view, model, frame, batch_size, amp)
 
 
+# In-plane distance (mm) between the motion-based heart centre and the coarse network pass's beyond which the motion
+# crop (128 px at 1.5 mm: +/- 96 mm) would cut a heart of ~60 mm half-width: the network's centre is used instead.
+MOTION_DISAGREEMENT_MM = 40.0
+
+
+def _in_plane_distance(a: np.ndarray, b: np.ndarray, affine: np.ndarray) -> float:
+    """Distance between world points `a` and `b` within the slice plane of `affine` (the through-plane part dropped)."""
+    normal = np.asarray(affine, dtype=np.float64)[:3, 2]
+    normal = normal / np.linalg.norm(normal)
+    delta = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    return float(np.linalg.norm(delta - normal * float(delta @ normal)))
+
+
 def heart_confidence(probs: np.ndarray) -> float:
     """Mean top-class probability over the voxels predicted as heart (any foreground class) in model space.
 
@@ -738,7 +751,20 @@ class SegmentationPredictor:
         if location.fallback:
             logger.info("no cardiac motion to locate the heart; searching the whole field of view")
             return None
-        return np.asarray(location.center_mm, dtype=np.float64)
+        center = np.asarray(location.center_mm, dtype=np.float64)
+        if self.model.slice_wise and self.model.view == SAX:
+            # Motion can point elsewhere with full confidence (a strong bias field or noise moving with the cine);
+            # the network's cheap coarse pass on one frame checks it, and wins when it is sure and far away.
+            view = study.view(SAX)
+            coarse, _ = _coarse_heart(view, self.model, 0, self.options.batch_size, self.options.amp)
+            if coarse is not None:
+                apart = _in_plane_distance(center, coarse, view.affine)
+                if apart > MOTION_DISAGREEMENT_MM:
+                    logger.info(
+                        "the motion-based heart location is %.0f mm from the network's; using the network's", apart
+                    )
+                    return coarse
+        return center
 
     def segment_view(
         self,
