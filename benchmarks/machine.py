@@ -6,9 +6,6 @@ import os
 import platform
 from pathlib import Path
 
-# the CPU features that decide whether bf16 autocast can pay off on a CPU (without them it is emulated, ~10x slower)
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
 
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux)."""
@@ -19,12 +16,10 @@ def cpu_name() -> str:
 
 
 def bf16_flags() -> list[str]:
-    """Which of BF16_FLAGS this CPU has."""
-    for line in _cpuinfo():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return [flag for flag in BF16_FLAGS if flag in flags]
-    return []
+    """Which of the native-bf16 CPU flags (`cinema.models.precision.BF16_CPU_FLAGS`) this CPU has."""
+    from cinema.models.precision import BF16_CPU_FLAGS, cpu_flags
+
+    return [flag for flag in BF16_CPU_FLAGS if flag in cpu_flags()]
 
 
 def describe() -> str:
