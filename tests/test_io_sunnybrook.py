@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from scipy import ndimage
 
 from cinema.io import read_dicom_study, read_sunnybrook_contours
+from cinema.io.privacy import redact_pydicom_log
 
 EXAMS = ["SCD0000301", "SCD0000401"]
 
@@ -116,3 +118,18 @@ def test_rasterise_polygon_axes_and_bounds():
     assert mask.shape == (8, 6)
     assert sorted(zip(*np.nonzero(mask), strict=True)) == [(i, j) for i in (2, 3, 4) for j in (1, 2)]
     assert not rasterise_polygon(square - 50, (8, 6)).any()
+
+
+def test_pydicom_log_never_shows_a_header_value(sunnybrook_dir, caplog):
+    # These GE files hold UIDs pydicom calls invalid (leading zeros), and pydicom logs the value itself.
+    exam = sunnybrook_dir / "SCD0000301" / "dicom"
+    first = sorted(p for p in exam.rglob("*") if p.is_file())[0]
+    uids = {str(e.value) for e in pydicom.dcmread(first, stop_before_pixels=True).iterall() if e.VR == "UI"}
+    logging.getLogger("pydicom").filters.clear()  # a fresh filter: earlier tests' messages were already said once
+    redact_pydicom_log()
+    with caplog.at_level("DEBUG", logger="pydicom"):
+        read_dicom_study(exam)
+    pydicom_lines = [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")]
+    assert any("Invalid value for VR UI" in line for line in pydicom_lines)  # the case this guards happened
+    assert len(pydicom_lines) == len(set(pydicom_lines))  # said once, not once per file
+    assert not [uid for uid in uids if len(uid) > 8 and uid in caplog.text]

@@ -47,7 +47,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import IS, DSdecimal, DSfloat
 
 from cinema.io.errors import InputError
-from cinema.io.privacy import pseudonymise_uid
+from cinema.io.privacy import pseudonymise_uid, redact_pydicom_log
 from cinema.io.study import LAX_VIEWS, SAX, CineView, Study
 
 # Fields kept only with keep_phi=True (DICOM PS3.15 basic profile subset relevant to cine MRI exams).
@@ -82,6 +82,8 @@ PHI_KEYWORDS = (
     "ContentDate",
     "StudyID",
 )
+
+redact_pydicom_log()
 
 _ORIENTATION_TOLERANCE = 1e-3  # direction cosines; about 0.06 degrees
 _POSITION_TOLERANCE_MM = 0.05  # same-slice positions (rounding in real headers is ~1e-3 mm)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
+import re
 import secrets
 from pathlib import Path
 
 from cinema.io.errors import InputError
 
-__all__ = ["config_dir", "pseudonymise_uid", "secret_path"]
+__all__ = ["config_dir", "pseudonymise_uid", "redact_pydicom_log", "secret_path"]
 
 PREFIX = "uid:"
 _SECRET_BYTES = 32
@@ -88,3 +90,32 @@ def pseudonymise_uid(uid: str) -> str:
     if not uid:
         return ""
     return PREFIX + hmac.new(_secret(), uid.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+# pydicom logs a header value it finds invalid verbatim ("Invalid value for VR UI: '1.2.840...'"), and real exams
+# carry such values (UIDs with leading zeros, names with odd characters); any quoted value is dropped, and a message
+# already logged once is not repeated (one per file otherwise).
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+class _RedactValues(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _QUOTED.sub("<value withheld>", message)
+        if redacted in self._seen:
+            return False
+        if len(self._seen) < 1000:
+            self._seen.add(redacted)
+        record.msg, record.args = redacted, None
+        return True
+
+
+def redact_pydicom_log() -> None:
+    """Withhold header values from pydicom's log messages (idempotent), so no UID or name reaches a log."""
+    logger = logging.getLogger("pydicom")
+    if not any(isinstance(f, _RedactValues) for f in logger.filters):
+        logger.addFilter(_RedactValues())
