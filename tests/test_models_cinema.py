@@ -411,3 +411,15 @@ def test_load_model_dispatches_to_the_cnn_baselines(tmp_path: Path) -> None:
             assert torch.equal(loaded.state_dict()[key], value), key
         with torch.no_grad():
             torch.testing.assert_close(loaded(image), model(image), rtol=0, atol=1e-6)
+
+
+def test_small_size_builds_and_transfers() -> None:
+    # "small" is this project's CPU-sized transformer (not in the reference): 6 blocks of 192 channels, and its MAE
+    # encoder loads into a ConvUNetR of the same size as any other size does.
+    mae = CineMA({"sax": SMALL["sax"]}, size="small")
+    assert len(mae.encoder.blocks) == 6 and mae.encoder.blocks[0].attn.kv.weight.shape[1] == 192
+    seg = ConvUNetR({"sax": SMALL["sax"]}, out_chans=4, size="small", dec_chans=TINY_DEC)
+    load_pretrained_encoder(seg, mae.state_dict())
+    assert torch.equal(seg.encoder.blocks[5].mlp.fc2.weight, mae.encoder.blocks[5].mlp.fc2.weight)
+    logits = seg({"sax": torch.rand(1, 1, *SMALL["sax"])})["sax"]
+    assert logits.shape == (1, 4, *SMALL["sax"])

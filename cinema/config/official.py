@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 VIEWS = ("sax", "lax_2c", "lax_3c", "lax_4c")
-VIT_SIZES = ("tiny", "base", "large", "huge")
+VIT_SIZES = ("tiny", "small", "base", "large", "huge")
 DENSE_TASKS = ("segmentation", "landmark_heatmap")  # ConvUNetR / UNet
 POOLED_TASKS = ("classification", "regression", "landmark_coordinate", "survival")  # ConvViT / ResNet
 _TASK_KINDS = {
