@@ -516,7 +516,11 @@ def scan_rescan_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str
     for column in columns:
         if not any(column in row for row in rows):
             continue
-        cv = coefficient_of_variation(column_values(firsts, column), column_values(seconds, column))
+        try:
+            cv = coefficient_of_variation(column_values(firsts, column), column_values(seconds, column))
+        except ValueError as err:  # a pair measured 0 on both scans (a failed prediction): one undefined number
+            logger.warning("scan-rescan %s: %s; reported as NaN", column, err)
+            cv = float("nan")
         summary[f"{column}_cv_percent"] = 100.0 * cv
     return summary
 

@@ -203,6 +203,8 @@ def test_scan_rescan_pairing_rules() -> None:
     cv = scan_rescan_summary(rows, ["v"])["v_cv_percent"]
     assert cv == pytest.approx(100 * math.sqrt(((2.0**2 / 2) / 11.0**2) / 2))
     assert scan_rescan_summary([{"id": "a", "v": 1.0}], ["v"]) is None
+    failed_pair = [{"id": "f", "pair_id": "y", "v": 0.0}, {"id": "g", "pair_id": "y", "v": 0.0}]
+    assert math.isnan(scan_rescan_summary([*rows, *failed_pair], ["v"])["v_cv_percent"])  # not an aborted evaluation
     with pytest.raises(ValueError, match="pair_id 'x' marks 3 studies"):
         scan_rescan_pairs([*rows[:2], {"id": "z", "pair_id": "x"}])
     with pytest.raises(ValueError, match="rescan_of names 'q'"):

@@ -32,7 +32,13 @@ OFFICIAL: dict[str, tuple[str, list[str]]] = {
     ),
     "classification_cvd/acdc_sax": (
         "classification_cvd",
-        [f"data.dir={CACHE}/acdc/processed", "data.classes=[DCM,HCM,MINF,NOR,RV]", "data.val_fraction=0.1"],
+        [
+            f"data.dir={CACHE}/acdc/processed",
+            "data.classes=[DCM,HCM,MINF,NOR,RV]",
+            "data.manifest=train_metadata.csv",
+            "data.split_column=null",
+            "data.val_fraction=0.1",
+        ],
     ),
     "classification_sex/mnms_sax": ("classification_sex", []),
     "classification_vendor/mnms2_sax": ("classification_vendor", []),
@@ -230,10 +236,10 @@ def layouts(preprocessed_dir, tmp_path_factory) -> Path:
 
 # (training studies, validation studies) each official config reads from the generated layout
 EXPECTED_COUNTS = {
-    "classification_cvd/mnms2_sax": (4, 2),  # train_metadata.csv only: one of each class of two validates
-    "classification_cvd/mnms2_lax_4c": (4, 2),
-    "classification_cvd/mnms_sax": (3, 2),
-    "classification_cvd/acdc_sax": (3, 2),
+    "classification_cvd/mnms2_sax": (6, 1),  # the official split, val's RV subject dropped (data.unlisted_classes)
+    "classification_cvd/mnms2_lax_4c": (6, 1),
+    "classification_cvd/mnms_sax": (5, 1),  # val's AHS subject dropped
+    "classification_cvd/acdc_sax": (3, 2),  # train_metadata.csv only: one of each class of two validates
     "classification_sex/mnms_sax": (5, 2),  # the official split: train/ and val/, never test/
     "classification_vendor/mnms2_sax": (6, 2),
     "classification_vendor/mnms2_lax_4c": (6, 2),

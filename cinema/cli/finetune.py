@@ -1,4 +1,5 @@
-"""``cinema finetune CONFIG [key=value ...]``: fine-tune a model on any task from one YAML config."""
+"""``cinema finetune CONFIG [key=value ...] [--check] ...``: fine-tune a model on any task from one YAML config (the
+overrides and the flags in any order)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,25 @@ import argparse
 HELP = "fine-tune a model (segmentation, classification, regression, landmarks, survival) from a YAML config"
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Overrides may come before, between or after the flags (``CONFIG a=1 --check b=2``): a plain parse stops filling
+    the ``key=value`` list at the first flag and refuses what follows it."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]  # argparse's signature
+        if self._parsing:  # parse_known_intermixed_args parses the flags, then the positionals, through this method
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # cinema.cli builds every sub-command's parser; this one alone takes a free list of overrides among its flags
+    parser.__class__ = _IntermixedParser
     parser.add_argument("config", help="YAML config file (see configs/ for examples)")
     parser.add_argument(
         "overrides",

@@ -14,6 +14,7 @@ from cinema.config.schema import (
     STRATEGIES,
     TASK_MODELS,
     TASKS,
+    UNLISTED_CLASSES,
     VIEWS,
     VIT_SIZES,
     FinetuneConfig,
@@ -74,6 +75,10 @@ def validate(config: FinetuneConfig) -> None:  # noqa: C901 - a flat list of ind
         _check(data.class_column is not None, "config key 'data.class_column' is required for classification")
         _check(bool(data.classes) and len(data.classes) >= 2, "config key 'data.classes' needs at least two classes")
         _check(len(set(data.classes)) == len(data.classes), "config key 'data.classes' lists a class twice")
+        _check(
+            data.unlisted_classes in UNLISTED_CLASSES,
+            f"config key 'data.unlisted_classes' must be one of {', '.join(UNLISTED_CLASSES)}",
+        )
     if task == "regression":
         _check(data.regression_column is not None, "config key 'data.regression_column' is required for regression")
         _check(

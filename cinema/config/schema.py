@@ -49,6 +49,7 @@ TASK_MODELS = {
 }
 DATA_FORMATS = ("acdc", "mnms", "manifest", "cinema", "kaggle", "landmark")
 INITS = ("scratch", "pretrained", "finetuned")
+UNLISTED_CLASSES = ("error", "drop")
 N_LANDMARKS = 3
 PRECISIONS = ("bf16", "fp16", "fp32")
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -103,6 +104,9 @@ class DataConfig:
     stratify: bool = True  # classification: keep class proportions in the validation split
     class_column: str | None = None
     classes: list[str] | None = None
+    # classification: a study whose class is not in ``classes`` is an "error" (naming it), or "drop": left out of
+    # every split, counted per split in the log (the official M&Ms / M&Ms-2 val and test splits hold such classes)
+    unlisted_classes: str = "error"
     regression_column: str | None = None
     regression_mean: float | None = None  # None: from the training split
     regression_std: float | None = None

@@ -405,39 +405,73 @@ The layout CineMA's own preprocessing writes (and its Hugging Face dataset copie
   <root>/<split>_metadata.csv or <root>/<split>.csv   one row per subject, column pid (+ pathology, vendor, ...)
   <root>/<split>/<pid>/<pid>_<view>_ed.nii.gz, _es    ED / ES frames of a view (sax, lax_2c, lax_3c, lax_4c)
   <root>/<split>/<pid>/<pid>_<view>_ed_gt.nii.gz, _es_gt   their labels (0 bg, 1 RV, 2 MYO, 3 LV)
-  <root>/<split>/<pid>/<pid>_<view>_t.nii.gz          the whole cine, where it was kept (ACDC)
+  <root>/<split>/<pid>/<pid>_<view>_t.nii.gz          the whole cine, where it was kept (ACDC, Kaggle DSB)
 Images are already in model space (1 x 1 x 10 mm SAX cropped to 192 x 192, LAX 1 x 1 mm 256 x 256 stored as
 (x, y, 1)). ED / ES of a cine: the row's ed_frame / es_frame (ACDC's Info.cfg numbers, 1-based), else the cine frame
 equal to the ED / ES file; where neither places them, the view is the ED and ES files (frames 0 and 1).
+Variants of the same preprocessing, read alike:
+  Kaggle DSB   <pid>_sax_t (x, y, z, t) and <pid>_lax_2c_t / _lax_4c_t stored as (x, y, t); no masks and no ED / ES:
+               the metadata CSV holds the reference LV volumes (diastole_volume, systole_volume, ml) and ef
+  Rescan       files without the pid prefix (sax_t, sax_gt_t = pseudo-labels of every frame, lax_2c_t, lax_4c_t as
+               (x, y, 1, t)); pids may be nested (train: A/s_0000); ED / ES = the row's ed_index / es_index (0-based);
+               the paired test_retest_100 split has edv / esv / ef and no masks, and scan_NN_A / scan_NN_B share the
+               pair_id scan_NN (scan-rescan coefficient of variation in `cinema evaluate`)
 """
 
 _CINEMA_PHASES = ("ed", "es", "t")
 
 
+# the reference's Rescan preprocessing names the paired scans scan_<NN>_A and scan_<NN>_B
+_RESCAN_PAIR = re.compile(r"^(?P<pair>scan_\d+)_[AB]$")
+# row columns that place frames (read into ed_frame / es_frame), not metadata
+_FRAME_COLUMNS = ("pid", "ed_frame", "es_frame", "ed_index", "es_index")
+
+
 def _cinema_file(folder: Path, view: str, part: str) -> Path:
-    return folder / f"{folder.name}_{view}_{part}.nii.gz"
+    """``<pid>_<view>_<part>.nii.gz``, or Rescan's ``<view>_<part>.nii.gz`` where only that one exists."""
+    prefixed = folder / f"{folder.name}_{view}_{part}.nii.gz"
+    bare = folder / f"{view}_{part}.nii.gz"
+    return bare if not prefixed.is_file() and bare.is_file() else prefixed
 
 
 def is_cinema_preprocessed_folder(path: str | os.PathLike) -> bool:
-    """A subject folder of CineMA's preprocessed layout (``<pid>/<pid>_sax_ed.nii.gz`` ...)."""
+    """A subject folder of CineMA's preprocessed layout (``<pid>/<pid>_sax_ed.nii.gz``, Rescan's ``sax_t.nii.gz``
+    ...)."""
     path = Path(path)
     return path.is_dir() and any(
         _cinema_file(path, view, part).is_file() for view in VIEW_NAMES for part in _CINEMA_PHASES
     )
 
 
+def _pid_key(pid: str) -> str:
+    # the reference writes M&Ms-2 and Kaggle ids as numbers: 1 names the folder 001 (M&Ms-2) and 7 the folder 7
+    # (Kaggle), so numeric ids are compared as numbers
+    return str(int(pid)) if pid.isdigit() else pid
+
+
+def cinema_table_row(table: dict[str, dict[str, Any]], pid: str) -> dict[str, Any]:
+    """The row of subject folder ``pid`` (a path relative to its split folder) in a `cinema_preprocessed_table`, or
+    {}."""
+    return table.get(_pid_key(pid), {})
+
+
 def _cinema_table_beside(folder: Path) -> dict[str, Any]:
     """The metadata row of a subject folder from its split's CSV (``<root>/<split>_metadata.csv`` or
-    ``<root>/<split>.csv``), or {} when there is none."""
-    root, split = folder.parent.parent, folder.parent.name
-    for csv_path in (root / f"{split}_metadata.csv", root / f"{split}.csv"):
-        if csv_path.is_file():
-            return cinema_preprocessed_table(csv_path).get(folder.name, {})
+    ``<root>/<split>.csv``), or {} when there is none. The split folder is the subject's parent, or its grandparent
+    for Rescan's nested ids (``train/A/s_0000``)."""
+    for split_dir in list(folder.parents)[:2]:
+        root, split = split_dir.parent, split_dir.name
+        for csv_path in (root / f"{split}_metadata.csv", root / f"{split}.csv"):
+            if csv_path.is_file():
+                return cinema_table_row(cinema_preprocessed_table(csv_path), folder.relative_to(split_dir).as_posix())
     return {}
 
 
 def cinema_preprocessed_table(csv_path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """pid -> the row of a CineMA metadata CSV (numbers parsed)."""
+    """pid -> the row of a CineMA metadata CSV (numbers parsed); look rows up with `cinema_table_row`.
+
+    A Rescan pair (``scan_NN_A`` / ``scan_NN_B``) gets ``pair_id`` ``scan_NN`` unless the CSV has that column.
+    """
     csv_path = Path(csv_path)
     rows = _read_csv_rows(csv_path)
     if "pid" not in rows[0]:
@@ -446,11 +480,35 @@ def cinema_preprocessed_table(csv_path: str | os.PathLike) -> dict[str, dict[str
     for row in rows:
         pid = (row.get("pid") or "").strip()
         if pid:
-            # the reference writes M&Ms-2 ids as numbers: 1 and 001 name the same folder
-            table[f"{int(pid):03d}" if pid.isdigit() and len(pid) < 3 else pid] = {
-                k: parse_number(v) for k, v in row.items() if k and (v or "").strip() != ""
-            }
+            values = {k: parse_number(v) for k, v in row.items() if k and (v or "").strip() != ""}
+            values["pid"] = pid  # as written: "001" stays text
+            pair = _RESCAN_PAIR.match(pid)
+            if pair and "pair_id" not in values:
+                values["pair_id"] = pair["pair"]
+            # a later row of the same pid wins: the reference's Rescan writes a second B scan over the first
+            table[_pid_key(pid)] = values
     return table
+
+
+def _read_cinema_cine(path: Path, view: str) -> CineView:
+    """A ``_t`` cine; the Kaggle preprocessing stores a long-axis cine as a 3-D (x, y, t) image, not (x, y, 1, t)."""
+    shape = nifti_shape(path)
+    if view != SAX and len(shape) == 3 and shape[2] > 1:
+        data, affine, _ = load_nifti(path)
+        return CineView(image=np.asarray(data, dtype=np.float32), affine=affine, source=str(path), name=view)
+    return read_nifti_cine(path, view=view)
+
+
+def _row_frame(row: dict[str, Any], phase: str, n_frames: int) -> int | None:
+    """The 0-based frame of ``phase`` from a row: ed_frame / es_frame (1-based, ACDC) or ed_index / es_index
+    (0-based, Rescan)."""
+    frame = row.get(f"{phase}_frame")
+    if isinstance(frame, int) and 1 <= frame <= n_frames:
+        return frame - 1
+    index = row.get(f"{phase}_index")
+    if isinstance(index, int) and 0 <= index < n_frames:
+        return index
+    return None
 
 
 def _cinema_view(folder: Path, view: str, row: dict[str, Any]) -> tuple[CineView, int | None, int | None] | None:
@@ -466,23 +524,35 @@ def _cinema_view(folder: Path, view: str, row: dict[str, Any]) -> tuple[CineView
             phases[phase] = (path, image, label)
     cine_path = _cinema_file(folder, view, "t")
     if cine_path.is_file():
-        cine = read_nifti_cine(cine_path, view=view)
+        cine = _read_cinema_cine(cine_path, view)
         index: dict[str, int] = {}
         for phase in phases:
-            frame = row.get(f"{phase}_frame") if view == SAX else None
-            if isinstance(frame, int) and 1 <= frame <= cine.n_frames:
-                index[phase] = frame - 1  # Info.cfg numbers frames from 1
+            frame = _row_frame(row, phase, cine.n_frames) if view == SAX else None
+            if frame is not None:
+                index[phase] = frame
             else:
                 try:
                     index[phase] = _matching_frame(cine, phases[phase][1].image, phases[phase][0])
                 except InputError:
                     break
-        if len(index) == len(phases):
+        if not phases and view == SAX:  # Rescan: no ED / ES files, the row names the frames
+            for phase in ("ed", "es"):
+                frame = _row_frame(row, phase, cine.n_frames)
+                if frame is not None:
+                    index[phase] = frame
+        if len(index) >= len(phases):
             labels = {index[p]: lab for p, (_, _, lab) in phases.items() if lab is not None}
+            labels_path = _cinema_file(folder, view, "gt_t")
+            if labels_path.is_file():  # Rescan's labels of every frame
+                stacked = read_label_nifti(labels_path, cine.spatial_shape, cine.affine)
+                stacked = stacked.reshape(*cine.spatial_shape, -1)
+                if stacked.shape[-1] != cine.n_frames:
+                    raise InputError(
+                        f"{labels_path}: {stacked.shape[-1]} label frames for {cine.n_frames} image frames"
+                    )
+                labels.update({t: stacked[..., t] for t in range(cine.n_frames) if stacked[..., t].any()})
             view_ = CineView(image=cine.image, affine=cine.affine, labels=labels, source=str(folder), name=view)
             return view_, index.get("ed"), index.get("es")
-        if not phases:
-            return CineView(image=cine.image, affine=cine.affine, source=str(folder), name=view), None, None
     if not phases:
         return None
     first = next(iter(phases.values()))[1]
@@ -513,7 +583,7 @@ def read_cinema_preprocessed(folder: str | os.PathLike, row: dict[str, Any] | No
     reference = SAX if SAX in views else next(iter(views))
     ed, es = phases[reference]
     metadata = {"source_format": "cinema_preprocessed", "subject_id": folder.name}
-    metadata.update({k: v for k, v in row.items() if k not in ("pid", "ed_frame", "es_frame")})
+    metadata.update({k: v for k, v in row.items() if k not in _FRAME_COLUMNS})
     return Study(views=views, ed_frame=ed, es_frame=es, metadata=metadata, source=str(folder))
 
 

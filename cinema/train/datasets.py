@@ -131,7 +131,12 @@ def _cinema_entries(root: Path, manifest: Path | None = None) -> list[Entry]:
     those of the split whose metadata CSV ``manifest`` is (``train_metadata.csv``: the folder ``train``), else of every
     split folder beside its CSV except ``test`` (the split's name becomes the ``split`` column), else of ``root``
     itself. The test split is read only when its CSV is named as ``manifest``: never mixed into training data."""
-    from cinema.io.datasets import cinema_preprocessed_table, is_cinema_preprocessed_folder, read_cinema_preprocessed
+    from cinema.io.datasets import (
+        cinema_preprocessed_table,
+        cinema_table_row,
+        is_cinema_preprocessed_folder,
+        read_cinema_preprocessed,
+    )
 
     if manifest is not None and not manifest.is_file():
         raise FileNotFoundError(f"config key 'data.manifest': {manifest} does not exist")
@@ -147,12 +152,15 @@ def _cinema_entries(root: Path, manifest: Path | None = None) -> list[Entry]:
     groups = [(folder, table, s) for s, (folder, table) in splits.items()] or [(root, {}, None)]
     entries = []
     for folder, table, split in groups:
-        for subject in sorted(p for p in folder.iterdir() if is_cinema_preprocessed_folder(p)):
-            row = dict(table.get(subject.name, {}))
+        subjects = {p.name: p for p in folder.iterdir() if is_cinema_preprocessed_folder(p)}
+        for row in table.values():  # Rescan's nested ids (A/s_0000) name folders below the split's
+            pid = str(row["pid"])
+            if "/" in pid and is_cinema_preprocessed_folder(folder / pid):
+                subjects[pid] = folder / pid
+        for pid, subject in sorted(subjects.items()):
+            row = dict(cinema_table_row(table, pid))
             meta = {k: v for k, v in row.items() if k != "pid"} | ({"split": split} if split else {})
-            entries.append(
-                Entry(subject.name, meta, lambda f=subject, r=row: read_cinema_preprocessed(f, r), str(subject))
-            )
+            entries.append(Entry(pid, meta, lambda f=subject, r=row: read_cinema_preprocessed(f, r), str(subject)))
     if not entries:
         raise InputError(f"{root}: no subject folders of CineMA's preprocessed layout (<pid>/<pid>_sax_ed.nii.gz ...)")
     ids = [e.id for e in entries]
@@ -171,6 +179,10 @@ def _kaggle_entries(root: Path, manifest: Path) -> list[Entry]:
 
     if not manifest.is_file():
         raise FileNotFoundError(f"config key 'data.manifest': {manifest} does not exist")
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f), [])
+    if "pid" in header:
+        return _kaggle_preprocessed_entries(root, manifest)
     split = {"solution": "test"}.get(manifest.stem, manifest.stem)
     table = read_kaggle_table(manifest)
     folders = kaggle_study_folders(root, split)
@@ -186,6 +198,26 @@ def _kaggle_entries(root: Path, manifest: Path) -> list[Entry]:
     for pid in sorted(folders, key=lambda p: (len(p), p)):
         meta = {**table.get(pid, {}), "split": split}
         entries.append(Entry(pid, meta, lambda f=folders[pid], m=meta: load(f, m), str(folders[pid])))
+    return entries
+
+
+# the reference's Kaggle preprocessing renames train.csv's Diastole / Systole; Rescan's paired split has edv / esv
+_VOLUME_COLUMNS = (("diastole_volume", "systole_volume"), ("edv", "esv"))
+
+
+def _kaggle_preprocessed_entries(root: Path, manifest: Path) -> list[Entry]:
+    """The Kaggle DSB after CineMA's preprocessing (`cinema.io.datasets.CINEMA_LAYOUT_DOC`): ``manifest`` is a split's
+    ``<split>_metadata.csv``, its subjects ``<split>/<pid>/<pid>_sax_t.nii.gz`` ...; the reference LV volumes become
+    the ``Diastole`` / ``Systole`` metadata the evaluation without masks compares with."""
+    entries = _cinema_entries(root, manifest)
+    for entry in entries:
+        columns = next((c for c in _VOLUME_COLUMNS if all(k in entry.metadata for k in c)), None)
+        if columns is None:
+            raise InputError(
+                f"{manifest}: pid {entry.id} has no reference volumes (columns diastole_volume and systole_volume)"
+            )
+        for name, column in zip(("Diastole", "Systole"), columns, strict=True):
+            entry.metadata[name] = _number(entry.metadata, column, f"{manifest}: pid {entry.id}", "LV volume, ml")
     return entries
 
 
@@ -217,23 +249,61 @@ def _landmark_entries(root: Path, manifest: Path) -> list[Entry]:
 
 
 def list_entries(config: FinetuneConfig) -> list[Entry]:
+    """Every study the config's dataset layout lists (before the train / validation split), less those of a class
+    outside ``data.classes`` when ``data.unlisted_classes`` is ``drop``."""
     data = config.data
     root = resolve_path(data.dir)
     if not root.is_dir():
         raise FileNotFoundError(f"config key 'data.dir': {root} is not a folder")
-    if data.format == "acdc":
-        return _acdc_entries(root)
     manifest = Path(data.manifest) if data.manifest else None
     manifest = manifest if manifest is None or manifest.is_absolute() else root / manifest
-    if data.format == "cinema":
-        return _cinema_entries(root, manifest)
-    if data.format == "kaggle":
-        return _kaggle_entries(root, manifest)
-    if data.format == "landmark":
-        return _landmark_entries(root, manifest)
-    if data.format == "mnms":
-        return _mnms_entries(root, manifest)
-    return _manifest_entries(manifest)
+    if data.format == "acdc":
+        entries = _acdc_entries(root)
+    elif data.format == "cinema":
+        entries = _cinema_entries(root, manifest)
+    elif data.format == "kaggle":
+        entries = _kaggle_entries(root, manifest)
+    elif data.format == "landmark":
+        entries = _landmark_entries(root, manifest)
+    elif data.format == "mnms":
+        entries = _mnms_entries(root, manifest)
+    else:
+        entries = _manifest_entries(manifest)
+    if config.task == "classification" and data.unlisted_classes == "drop":
+        entries = drop_unlisted_classes(entries, config)
+    return entries
+
+
+def drop_unlisted_classes(entries: list[Entry], config: FinetuneConfig) -> list[Entry]:
+    """The studies whose class is in ``data.classes``; how many of each split were left out is logged.
+
+    Decided on the listing's metadata (a CSV, Info.cfg): a study without a class value there is kept, and
+    `prepare_subject` still refuses it if its class turns out to be missing or unlisted.
+    """
+    column, classes = config.data.class_column, config.data.classes
+    split_column = config.data.split_column or "split"
+    kept: list[Entry] = []
+    dropped: dict[str, dict[str, int]] = {}  # split -> class -> count
+    totals: dict[str, int] = {}
+    for entry in entries:
+        split = str(entry.metadata.get(split_column, "all"))
+        totals[split] = totals.get(split, 0) + 1
+        if column in entry.metadata and str(entry.metadata[column]) not in classes:
+            per_class = dropped.setdefault(split, {})
+            value = str(entry.metadata[column])
+            per_class[value] = per_class.get(value, 0) + 1
+        else:
+            kept.append(entry)
+    for split, per_class in sorted(dropped.items()):
+        counts = ", ".join(f"{name} {n}" for name, n in sorted(per_class.items()))
+        logger.warning(
+            "data.unlisted_classes=drop: left out %d of %d studies of split %s (class not in data.classes: %s)",
+            sum(per_class.values()),
+            totals[split],
+            split,
+            counts,
+        )
+    return kept
 
 
 def _class_of(meta: dict[str, Any], config: FinetuneConfig, where: str) -> str:
@@ -242,7 +312,10 @@ def _class_of(meta: dict[str, Any], config: FinetuneConfig, where: str) -> str:
         raise InputError(f"{where}: no value in class column {column!r} (needed for classification)")
     value = str(meta[column])
     if value not in config.data.classes:
-        raise InputError(f"{where}: class {value!r} of column {column!r} is not in data.classes {config.data.classes}")
+        raise InputError(
+            f"{where}: class {value!r} of column {column!r} is not in data.classes {config.data.classes} "
+            "(set data.unlisted_classes: drop to leave such studies out)"
+        )
     return value
 
 
