@@ -8,9 +8,11 @@ reading, model loading, segmentation, measurement, the report and writing:
 - ``20-frame cine``: ``cinema analyze`` on the bundled Sunnybrook exam (DICOM-derived, 10 slices);
 - ``30-frame cine``: the same exam resampled cyclically to 30 frames (``benchmarks/analyze.py``), as a 4-D NIfTI.
 
-Every case runs with fp32 and, where the CPU has bf16 instructions (AMX or AVX-512 BF16), with ``--amp`` (bf16
-autocast); the precisions alternate within each repeat so that a busy machine slows both alike, and the table gives
-the median of ``--repeats`` runs and the fp32 / bf16 ratio.
+Every case runs in each variant: ``fp32`` (PyTorch eager, ``--engine torch``), ``onnxruntime`` (fp32 by ONNX
+Runtime, ``--engine onnxruntime``, where it is installed; the exported network is cached once before timing, as a
+user's first run leaves it) and ``bf16`` (``--precision bf16``, where the CPU has AMX or AVX-512 BF16). The variants
+alternate within each repeat so that a busy machine slows all alike; the table gives the median of ``--repeats`` runs
+and the ratio to ``fp32``.
 
     .venv/bin/python benchmarks/speed.py [--shared-dir ../shared] [--repeats 3] [--threads 2] [--cases ...]
 """
@@ -35,6 +37,11 @@ from cinema.io import write_cine_nifti
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASES = ("single frame", "2-frame pair", "20-frame cine", "30-frame cine")
+VARIANTS = {
+    "fp32": ["--engine", "torch", "--precision", "fp32"],
+    "onnxruntime": ["--engine", "onnxruntime", "--precision", "fp32"],
+    "bf16": ["--engine", "torch", "--precision", "bf16"],
+}
 # the child reports its own peak RSS (KiB on Linux) into the file named by CINEMA_BENCH_RSS
 CHILD = (
     "import os, resource, sys; from cinema import cli; code = cli.main(sys.argv[1:]); "
@@ -76,39 +83,49 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument(
-        "--precisions",
+        "--variants",
         nargs="+",
-        choices=("fp32", "bf16"),
+        choices=tuple(VARIANTS),
         default=None,
-        help="default: fp32, plus bf16 where the CPU has AMX or AVX-512 BF16",
+        help="default: fp32, onnxruntime where installed, bf16 where the CPU has AMX or AVX-512 BF16",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if not (args.shared_dir / "data" / "acdc").is_dir():
         parser.error(f"{args.shared_dir}/data/acdc: no such folder (set --shared-dir)")
-    precisions = args.precisions or (["fp32", "bf16"] if bf16_flags() else ["fp32"])
+    from cinema.models.engines import onnxruntime_available
+
+    variants = args.variants or [
+        v
+        for v in VARIANTS
+        if v == "fp32" or (v == "onnxruntime" and onnxruntime_available()) or (v == "bf16" and bf16_flags())
+    ]
     header = describe()
 
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="cinema-speed-") as folder:
         tmp = Path(folder)
+        os.environ["CINEMA_CACHE_DIR"] = str(tmp / "cache")  # the exported network, as a user's first run leaves it
         commands = case_commands(args.shared_dir, tmp)
+        if "onnxruntime" in variants:
+            run_once(commands["single frame"] + VARIANTS["onnxruntime"], args.threads, tmp)
         for case in args.cases:
             for _ in range(args.repeats):
-                for precision in precisions:
-                    extra = ["--amp"] if precision == "bf16" else []
-                    runs.setdefault((case, precision), []).append(run_once(commands[case] + extra, args.threads, tmp))
+                for variant in variants:
+                    runs.setdefault((case, variant), []).append(
+                        run_once(commands[case] + VARIANTS[variant], args.threads, tmp)
+                    )
 
     print(f"\n{header}; torch threads per process: {args.threads}; median of {args.repeats} runs")
-    print(f"{'case':<15} {'precision':<9} {'seconds':>8} {'min s':>7} {'peak RSS':>9}  vs fp32")
+    print(f"{'case':<15} {'variant':<12} {'seconds':>8} {'min s':>7} {'peak RSS':>9}  vs fp32")
     results = []
-    for (case, precision), values in runs.items():
+    for (case, variant), values in runs.items():
         seconds = statistics.median(s for s, _ in values)
         fp32 = statistics.median(s for s, _ in runs.get((case, "fp32"), values))
         rss = max(r for _, r in values)
         fastest = min(s for s, _ in values)
-        print(f"{case:<15} {precision:<9} {seconds:8.2f} {fastest:7.2f} {rss:7.0f}MB  {fp32 / seconds:.2f}x")
-        results.append({"case": case, "precision": precision, "median_s": seconds, "peak_rss_mb": rss, "runs": values})
+        print(f"{case:<15} {variant:<12} {seconds:8.2f} {fastest:7.2f} {rss:7.0f}MB  {fp32 / seconds:.2f}x")
+        results.append({"case": case, "variant": variant, "median_s": seconds, "peak_rss_mb": rss, "runs": values})
     load_after = os.getloadavg()[0]
     print(f"load average after: {load_after:.1f} (others' work on a shared machine inflates wall times)")
     if args.json:

@@ -339,6 +339,7 @@ def analyze_study(
             "qc_not_checked": [CONFIDENCE_NOT_AVAILABLE] if heart_confidence is None else [],
             "model": model_name,
             "precision": predictor.precision,
+            "engine": predictor.engine,
             "n_frames": view.n_frames,
         }
     )

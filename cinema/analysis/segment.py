@@ -71,6 +71,7 @@ from torch import nn
 
 from cinema.io.errors import InputError
 from cinema.io.study import SAX, VIEW_NAMES, CineView, Study
+from cinema.models.engines import ENGINES, resolve_engine, runner_for
 from cinema.models.precision import resolve_precision
 from cinema.preprocess.model_space import ModelSpaceTransform, from_model_space, to_model_space
 from cinema.preprocess.slices import neighbour_slices
@@ -94,6 +95,8 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 32
 ENSEMBLE_FILE = "ensemble.yaml"
+# PyTorch unless asked: see cinema.models.engines and docs/model-card.md for what ONNX Runtime measured
+DEFAULT_ENGINE = "torch"
 MIRROR_DEFAULT = False
 ROTATE_DEFAULT = False
 FOREGROUND = (1, 2, 3)
@@ -439,6 +442,7 @@ def _predict_probs(
     amp: bool,
     mirror: bool = False,
     rotate: bool = False,
+    network: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> np.ndarray:
     """Softmax probabilities (C, X, Y, Z, F) of model-space frames (X, Y, Z, F) already scaled to [0, 1].
 
@@ -458,13 +462,14 @@ def _predict_probs(
     transforms = [(flip, k) for flip in flips for k in ((0, 1, 2, 3) if rotate else (0,))]
 
     key = model.view
+    run = model.network if network is None else network  # another engine's copy of the same network
 
     def softmax(window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         total = None
         for flip, k in transforms:
             x = window[key].flip(2) if flip else window[key]
             with _autocast(device, amp):
-                logits = model.network({key: torch.rot90(x, k, dims=(2, 3))})[key]
+                logits = run({key: torch.rot90(x, k, dims=(2, 3))})[key]
             probs = torch.rot90(torch.softmax(logits.float(), dim=1), -k, dims=(2, 3))
             probs = probs.flip(2) if flip else probs
             total = probs if total is None else total + probs
@@ -684,6 +689,8 @@ class InferenceOptions:
             than the training data (another vendor's or reader's axis convention) are segmented alike.
         rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
         postprocess: keep the largest connected component of the LV cavity (``POSTPROCESS_CLASSES``).
+        engine: what runs the network (`cinema.models.engines`): ``torch``, ``onnxruntime`` (fp32 on a CPU, 2-D
+            models, when installed) or ``auto`` (ONNX Runtime where it can run, else PyTorch).
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -691,10 +698,13 @@ class InferenceOptions:
     mirror: bool = MIRROR_DEFAULT
     rotate: bool = ROTATE_DEFAULT
     postprocess: bool = True
+    engine: str = DEFAULT_ENGINE
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
 
 
 class SegmentationPredictor:
@@ -710,6 +720,7 @@ class SegmentationPredictor:
     def __init__(self, model: SegmentationModel, options: InferenceOptions | None = None) -> None:
         self.model = model
         self._options = options or InferenceOptions()
+        self._runner: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
 
     @property
     def options(self) -> InferenceOptions:
@@ -724,6 +735,26 @@ class SegmentationPredictor:
         """``bf16`` or ``fp32``: what the network runs in."""
         return "bf16" if self.options.amp else "fp32"
 
+    @property
+    def engine(self) -> str:
+        """``torch`` or ``onnxruntime``: what runs the network (``auto`` resolved; 3-D models always PyTorch)."""
+        requested = self.options.engine
+        if self.model.n_dims != 2:
+            if requested == "onnxruntime":
+                raise InputError(f"{self.model.source}: engine onnxruntime runs 2-D models only; use --engine torch")
+            return "torch"
+        try:
+            return resolve_engine(requested, self.model.device, bool(self.options.amp))
+        except ValueError as err:
+            raise InputError(str(err)) from err
+
+    def _network(self) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if self._runner is None:
+            in_chans = 1 + 2 * self.model.context_slices
+            size = (int(self.model.patch_size[0]), int(self.model.patch_size[1]))
+            self._runner = runner_for(self.model.network, self.engine, self.model.view, in_chans, size)
+        return self._runner
+
     @classmethod
     def from_weights(
         cls, weights: str | Path | None = None, device: str | torch.device = "cpu", **options: Any
@@ -734,7 +765,7 @@ class SegmentationPredictor:
     def probabilities(self, volumes: np.ndarray) -> np.ndarray:
         """Softmax (C, X, Y, Z, F) of model-space frames (X, Y, Z, F) in [0, 1], with the test-time transforms."""
         o = self.options
-        return _predict_probs(self.model, volumes, o.batch_size, o.amp, o.mirror, o.rotate)
+        return _predict_probs(self.model, volumes, o.batch_size, o.amp, o.mirror, o.rotate, network=self._network())
 
     def frame_groups(self, view: CineView, frames: Sequence[int]) -> list[list[int]]:
         """The frames predicted together: as many slices as a batch holds (2-D), or a batch of frames (3-D)."""

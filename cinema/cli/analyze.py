@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from cinema.cli.options import add_force_option, add_precision_option, add_study_option, amp_of
+from cinema.cli.options import add_engine_option, add_force_option, add_precision_option, add_study_option, amp_of
 
 HELP = (
     "analyse an exam: segment every SAX frame, measure volumes, EF and LV mass, check quality, write a report "
@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ed", type=int, default=None, help="end-diastolic frame, 0-based (default: max LV volume)")
     parser.add_argument("--es", type=int, default=None, help="end-systolic frame, 0-based (default: min LV volume)")
     add_precision_option(parser)
+    add_engine_option(parser)
     add_study_option(parser, "analyse")
     add_force_option(parser, "OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         sax_weights, lax_weights = None, sax_weights
     if lax_weights is not None and segmentation_view(lax_weights) == "sax":
         raise CinemaError(f"--lax-weights {lax_weights} is a short-axis model; give it with --weights")
-    options = {"device": args.device, "batch_size": args.batch_size, "amp": amp_of(args)}
+    options = {"device": args.device, "batch_size": args.batch_size, "amp": amp_of(args), "engine": args.engine}
     lax_predictor = None
     if lax_weights is not None:
         lax_predictor = SegmentationPredictor.from_weights(lax_weights, **options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from cinema.cli.options import add_precision_option, amp_of
+from cinema.cli.options import add_engine_option, add_precision_option, amp_of
 
 HELP = "analyse many exams (folders, index files) into one table and page; resumable, sharded over nodes"
 
@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="SAX segmentation model folder (default: shipped model)")
     parser.add_argument("--batch-size", type=int, default=32, help="slices (2-D model) or frames (3-D) per pass")
     add_precision_option(parser)
+    add_engine_option(parser)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per worker process (default: the cores shared out)"
     )
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         amp=amp_of(args),
+        engine=args.engine,
         threads=args.threads,
         debug=bool(getattr(args, "debug", False)),
     )

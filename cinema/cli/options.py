@@ -38,6 +38,21 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    """``--engine auto|torch|onnxruntime``: what runs the segmentation network (`cinema.models.engines`)."""
+    from cinema.analysis.segment import DEFAULT_ENGINE
+    from cinema.models.engines import ENGINES
+
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help=f"what runs the network (default {DEFAULT_ENGINE}): torch; onnxruntime (fp32 CPU, 2-D models, needs "
+        "`pip install 'cinema[onnx]'`; the exported network is cached in ~/.cache/cinema); auto: onnxruntime where "
+        "it can run, else torch",
+    )
+
+
 def amp_of(args: argparse.Namespace) -> bool | None:
     """`InferenceOptions.amp` for the parsed ``--precision``: None (auto), False (fp32) or True (bf16)."""
     return {"auto": None, "fp32": False, "bf16": True}[args.precision]

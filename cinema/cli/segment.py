@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from cinema.cli.options import add_precision_option, add_study_option, amp_of
+from cinema.cli.options import add_engine_option, add_precision_option, add_study_option, amp_of
 
 HELP = "segment the short-axis cine of an exam (RV, MYO, LV) with the shipped model, or its LAX cine with LAX weights"
 
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep every connected component (default: only the LV cavity's largest)",
     )
     add_precision_option(parser)
+    add_engine_option(parser)
     parser.add_argument(
         "--mirror", action="store_true", help="also predict the mirror image and average (mirror-image exams)"
     )
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         postprocess=not args.no_postprocess,
         amp=amp_of(args),
+        engine=args.engine,
         mirror=args.mirror,
         rotate=args.rotate,
     )

@@ -60,6 +60,7 @@ class CohortSettings:
     device: str = "cpu"
     batch_size: int = 32
     amp: bool | None = False  # None: bf16 on CPUs with AMX (InferenceOptions)
+    engine: str = "torch"  # InferenceOptions.engine
     threads: int | None = None  # torch threads per spawned worker (None: the cores shared out among the workers)
     debug: bool = False  # print each failed exam's traceback
 
@@ -129,7 +130,11 @@ class ExamRunner:
         self.protected = list(protected)
         self.worker = worker
         self.predictor = SegmentationPredictor.from_weights(
-            settings.weights, device=settings.device, batch_size=settings.batch_size, amp=settings.amp
+            settings.weights,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            amp=settings.amp,
+            engine=settings.engine,
         )
         self.model_name = Path(str(getattr(self.predictor.model, "source", "") or "model")).name
 

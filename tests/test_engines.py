@@ -1,0 +1,97 @@
+"""Inference engines: ONNX Runtime gives the shipped ensemble's probabilities as PyTorch does, cached between runs."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from cinema.analysis.segment import SegmentationPredictor, _model_space
+from cinema.io import read_study
+from cinema.io.errors import InputError
+from cinema.models import engines
+from cinema.preprocess import locate_study_heart
+
+
+@pytest.fixture(scope="module")
+def acdc_frames(acdc_dir):
+    study = read_study(acdc_dir / "patient001")
+    return study
+
+
+def test_resolve_engine_rules(monkeypatch) -> None:
+    monkeypatch.setattr(engines, "onnxruntime_available", lambda: True)
+    assert engines.resolve_engine("auto", "cpu", amp=False) == "onnxruntime"
+    assert engines.resolve_engine("auto", "cpu", amp=True) == "torch"  # bf16 stays in PyTorch
+    assert engines.resolve_engine("auto", "cuda", amp=False) == "torch"
+    assert engines.resolve_engine("torch", "cpu", amp=False) == "torch"
+    with pytest.raises(ValueError, match="fp32 on the CPU only"):
+        engines.resolve_engine("onnxruntime", "cpu", amp=True)
+    with pytest.raises(ValueError, match="unknown engine"):
+        engines.resolve_engine("tensorrt", "cpu", amp=False)
+    monkeypatch.setattr(engines, "onnxruntime_available", lambda: False)
+    assert engines.resolve_engine("auto", "cpu", amp=False) == "torch"  # never required
+    with pytest.raises(ValueError, match="pip install"):
+        engines.resolve_engine("onnxruntime", "cpu", amp=False)
+
+
+def test_onnxruntime_matches_torch_and_is_cached(acdc_frames, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CINEMA_CACHE_DIR", str(tmp_path / "cache"))
+    eager = SegmentationPredictor.from_weights(None, engine="torch")
+    onnx = SegmentationPredictor.from_weights(None, engine="onnxruntime")
+    assert (eager.engine, onnx.engine) == ("torch", "onnxruntime")
+    view = acdc_frames.view("sax")
+    center = np.asarray(locate_study_heart(acdc_frames, "sax").center_mm)
+    images, _ = _model_space(view, [0, 1], eager.model, center)
+    p_eager, p_onnx = eager.probabilities(images), onnx.probabilities(images)
+    assert p_onnx.shape == p_eager.shape
+    assert float(np.abs(p_onnx - p_eager).max()) < 1e-4
+    assert np.mean(p_onnx.argmax(0) == p_eager.argmax(0)) > 0.9999
+    cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and not list((tmp_path / "cache" / "onnx").glob(".*"))  # no temporary left
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds the network")
+
+    monkeypatch.setattr(engines, "_export", no_export)
+    again = SegmentationPredictor.from_weights(None, engine="onnxruntime")
+    np.testing.assert_array_equal(again.probabilities(images[..., :1]), p_onnx[..., :1])
+
+
+def test_unwritable_cache_falls_back_to_a_private_copy(tmp_path, monkeypatch) -> None:
+    if os.geteuid() == 0:  # root writes anywhere: make the cache path a file instead of a read-only folder
+        (tmp_path / "cache").write_text("not a folder")
+    else:
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache").chmod(stat.S_IRUSR | stat.S_IXUSR)
+    monkeypatch.setenv("CINEMA_CACHE_DIR", str(tmp_path / "cache"))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, views):
+            return {"sax": self.conv(views["sax"])}
+
+    network = Tiny().eval()
+    runner = engines.runner_for(network, "onnxruntime", "sax", 3, (16, 16))
+    assert not runner.path.is_relative_to(tmp_path / "cache")
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = network({"sax": x})["sax"].numpy()
+    np.testing.assert_allclose(runner({"sax": x})["sax"].numpy(), expected, atol=1e-5)
+    assert runner({"sax": torch.rand(1, 3, 24, 32)})["sax"].shape == (1, 4, 24, 32)  # any batch and in-plane size
+
+
+def test_three_d_models_refuse_onnxruntime(tmp_path) -> None:
+    from cinema.analysis.segment import InferenceOptions, SegmentationModel
+
+    model = SegmentationModel(torch.nn.Identity(), 3, (1.0, 1.0, 10.0), (16, 16, 4), 4, source="a 3-D model")
+    predictor = SegmentationPredictor(model, InferenceOptions(engine="onnxruntime"))
+    with pytest.raises(InputError, match="2-D models only"):
+        _ = predictor.engine
+    assert SegmentationPredictor(model, InferenceOptions(engine="auto")).engine == "torch"
