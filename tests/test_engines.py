@@ -95,3 +95,12 @@ def test_three_d_models_refuse_onnxruntime(tmp_path) -> None:
     with pytest.raises(InputError, match="2-D models only"):
         _ = predictor.engine
     assert SegmentationPredictor(model, InferenceOptions(engine="auto")).engine == "torch"
+
+
+def test_command_line_choices_follow_the_engines_module() -> None:
+    from cinema.analysis.segment import DEFAULT_ENGINE
+    from cinema.cli import options
+    from cinema.cohort.run import CohortSettings
+
+    assert options.ENGINE_CHOICES == engines.ENGINES
+    assert options.DEFAULT_ENGINE == DEFAULT_ENGINE == CohortSettings(weights=None).engine

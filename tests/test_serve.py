@@ -492,3 +492,23 @@ def test_browser_upload_of_the_example_shows_its_ef(server, tmp_path, caplog):
     assert frame_height >= report_height > 1000
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert f"job {job_id}: analysis done" in logged and "sunnybrook" not in logged.lower()
+
+
+def test_command_line_defaults_follow_the_server() -> None:
+    from cinema.cli import serve as serve_cli
+    from cinema.serve import server
+
+    assert (serve_cli.DEFAULT_HOST, serve_cli.DEFAULT_PORT) == (server.DEFAULT_HOST, server.DEFAULT_PORT)
+
+
+def test_help_imports_neither_the_server_nor_torch() -> None:
+    # a fresh interpreter: what `cinema --help` imports (the parser of every sub-command is built)
+    probe = (
+        "import contextlib, io, sys\n"
+        "import cinema.cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cinema.cli.main(['--help'])\n"
+        "print(','.join(m for m in ('torch', 'cinema.serve.server') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""

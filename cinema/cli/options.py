@@ -38,14 +38,17 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# cinema.models.engines.ENGINES and cinema.analysis.segment.DEFAULT_ENGINE, written out: importing them would load
+# PyTorch for `cinema --help` (tests/test_engines.py checks they agree)
+ENGINE_CHOICES = ("auto", "torch", "onnxruntime")
+DEFAULT_ENGINE = "torch"
+
+
 def add_engine_option(parser: argparse.ArgumentParser) -> None:
     """``--engine auto|torch|onnxruntime``: what runs the segmentation network (`cinema.models.engines`)."""
-    from cinema.analysis.segment import DEFAULT_ENGINE
-    from cinema.models.engines import ENGINES
-
     parser.add_argument(
         "--engine",
-        choices=ENGINES,
+        choices=ENGINE_CHOICES,
         default=DEFAULT_ENGINE,
         help=f"what runs the network (default {DEFAULT_ENGINE}): torch; onnxruntime (fp32 CPU, 2-D models, needs "
         "`pip install 'cinema[onnx]'`; the exported network is cached in ~/.cache/cinema); auto: onnxruntime where "

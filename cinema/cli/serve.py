@@ -10,11 +10,12 @@ import argparse
 from cinema.cli.options import add_precision_option, amp_of
 
 HELP = "serve a local web page to upload an exam (zip of DICOM or NIfTI) and view its analysis report"
+# cinema.serve.server's defaults, written out so that `cinema --help` does not import the server (tests/test_serve.py)
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cinema.serve.server import DEFAULT_HOST, DEFAULT_PORT
-
     parser.add_argument(
         "--host",
         default=DEFAULT_HOST,
