@@ -8,9 +8,9 @@ reading, model loading, segmentation, measurement, the report and writing:
 - ``20-frame cine``: ``cinema analyze`` on the bundled Sunnybrook exam (DICOM-derived, 10 slices);
 - ``30-frame cine``: the same exam resampled cyclically to 30 frames (``benchmarks/analyze.py``), as a 4-D NIfTI.
 
-Every case runs in each variant: ``fp32`` (PyTorch eager, ``--engine torch``), ``onnxruntime`` (fp32 by ONNX
-Runtime, ``--engine onnxruntime``, where it is installed; the exported network is cached once before timing, as a
-user's first run leaves it) and ``bf16`` (``--precision bf16``, where the CPU has AMX or AVX-512 BF16). The variants
+Every case runs in each variant: ``fp32`` (PyTorch eager, ``--engine torch``), ``onnxruntime`` and ``openvino`` (fp32
+by that engine, where it is installed; the exported network is cached once before timing, as a user's first run
+leaves it) and ``bf16`` (``--precision bf16``, where the CPU has AMX or AVX-512 BF16). The variants
 alternate within each repeat so that a busy machine slows all alike; the table gives the median of ``--repeats`` runs
 and the ratio to ``fp32``.
 
@@ -40,6 +40,7 @@ CASES = ("single frame", "2-frame pair", "20-frame cine", "30-frame cine")
 VARIANTS = {
     "fp32": ["--engine", "torch", "--precision", "fp32"],
     "onnxruntime": ["--engine", "onnxruntime", "--precision", "fp32"],
+    "openvino": ["--engine", "openvino", "--precision", "fp32"],
     "bf16": ["--engine", "torch", "--precision", "bf16"],
 }
 # the child reports its own peak RSS (KiB on Linux) into the file named by CINEMA_BENCH_RSS
@@ -87,18 +88,18 @@ def main() -> int:
         nargs="+",
         choices=tuple(VARIANTS),
         default=None,
-        help="default: fp32, onnxruntime where installed, bf16 where the CPU has AMX or AVX-512 BF16",
+        help="default: fp32, onnxruntime and openvino where installed, bf16 where the CPU has AMX or AVX-512 BF16",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if not (args.shared_dir / "data" / "acdc").is_dir():
         parser.error(f"{args.shared_dir}/data/acdc: no such folder (set --shared-dir)")
-    from cinema.models.engines import onnxruntime_available
+    from cinema.models.engines import engine_available
 
     variants = args.variants or [
         v
         for v in VARIANTS
-        if v == "fp32" or (v == "onnxruntime" and onnxruntime_available()) or (v == "bf16" and bf16_flags())
+        if v == "fp32" or (v in ("onnxruntime", "openvino") and engine_available(v)) or (v == "bf16" and bf16_flags())
     ]
     header = describe()
 
@@ -107,8 +108,9 @@ def main() -> int:
         tmp = Path(folder)
         os.environ["CINEMA_CACHE_DIR"] = str(tmp / "cache")  # the exported network, as a user's first run leaves it
         commands = case_commands(args.shared_dir, tmp)
-        if "onnxruntime" in variants:
-            run_once(commands["single frame"] + VARIANTS["onnxruntime"], args.threads, tmp)
+        exporting = [v for v in variants if v in ("onnxruntime", "openvino")]
+        if exporting:  # both read the same exported file
+            run_once(commands["single frame"] + VARIANTS[exporting[0]], args.threads, tmp)
         for case in args.cases:
             for _ in range(args.repeats):
                 for variant in variants:

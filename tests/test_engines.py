@@ -23,42 +23,63 @@ def acdc_frames(acdc_dir):
 
 
 def test_resolve_engine_rules(monkeypatch) -> None:
-    monkeypatch.setattr(engines, "onnxruntime_available", lambda: True)
-    assert engines.resolve_engine("auto", "cpu", amp=False) == "onnxruntime"
+    installed = {"onnxruntime", "openvino"}
+    monkeypatch.setattr(engines, "engine_available", lambda e: e == "torch" or e in installed)
+    assert engines.resolve_engine("auto", "cpu", amp=False) == "openvino"  # the faster one measured
     assert engines.resolve_engine("auto", "cpu", amp=True) == "torch"  # bf16 stays in PyTorch
     assert engines.resolve_engine("auto", "cuda", amp=False) == "torch"
     assert engines.resolve_engine("torch", "cpu", amp=False) == "torch"
+    assert engines.resolve_engine("onnxruntime", "cpu", amp=False) == "onnxruntime"
     with pytest.raises(ValueError, match="fp32 on the CPU only"):
         engines.resolve_engine("onnxruntime", "cpu", amp=True)
+    with pytest.raises(ValueError, match="fp32 on the CPU only"):
+        engines.resolve_engine("openvino", "cuda", amp=False)
     with pytest.raises(ValueError, match="unknown engine"):
         engines.resolve_engine("tensorrt", "cpu", amp=False)
-    monkeypatch.setattr(engines, "onnxruntime_available", lambda: False)
+    installed.discard("openvino")
+    assert engines.resolve_engine("auto", "cpu", amp=False) == "onnxruntime"
+    with pytest.raises(ValueError, match="pip install openvino"):
+        engines.resolve_engine("openvino", "cpu", amp=False)
+    installed.clear()
     assert engines.resolve_engine("auto", "cpu", amp=False) == "torch"  # never required
-    with pytest.raises(ValueError, match="pip install"):
-        engines.resolve_engine("onnxruntime", "cpu", amp=False)
 
 
-def test_onnxruntime_matches_torch_and_is_cached(acdc_frames, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("CINEMA_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def export_cache(tmp_path_factory):
+    """One cache folder for the module: the ensemble is exported once and read by every engine."""
+    folder = tmp_path_factory.mktemp("cinema-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CINEMA_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def model_space_frames(acdc_frames, export_cache):
     eager = SegmentationPredictor.from_weights(None, engine="torch")
-    onnx = SegmentationPredictor.from_weights(None, engine="onnxruntime")
-    assert (eager.engine, onnx.engine) == ("torch", "onnxruntime")
     view = acdc_frames.view("sax")
     center = np.asarray(locate_study_heart(acdc_frames, "sax").center_mm)
     images, _ = _model_space(view, [0, 1], eager.model, center)
-    p_eager, p_onnx = eager.probabilities(images), onnx.probabilities(images)
-    assert p_onnx.shape == p_eager.shape
-    assert float(np.abs(p_onnx - p_eager).max()) < 1e-4
-    assert np.mean(p_onnx.argmax(0) == p_eager.argmax(0)) > 0.9999
-    cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
-    assert len(cached) == 1 and not list((tmp_path / "cache" / "onnx").glob(".*"))  # no temporary left
+    return images, eager.probabilities(images)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_engine_matches_torch_and_is_cached(engine, model_space_frames, export_cache, monkeypatch) -> None:
+    images, p_eager = model_space_frames
+    predictor = SegmentationPredictor.from_weights(None, engine=engine)
+    assert predictor.engine == engine
+    probs = predictor.probabilities(images)
+    assert probs.shape == p_eager.shape
+    assert float(np.abs(probs - p_eager).max()) < 1e-4
+    assert np.mean(probs.argmax(0) == p_eager.argmax(0)) > 0.9999
+    cached = list((export_cache / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and not list((export_cache / "onnx").glob(".*"))  # no temporary left
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the cache holds the network")
 
     monkeypatch.setattr(engines, "_export", no_export)
-    again = SegmentationPredictor.from_weights(None, engine="onnxruntime")
-    np.testing.assert_array_equal(again.probabilities(images[..., :1]), p_onnx[..., :1])
+    again = SegmentationPredictor.from_weights(None, engine=engine)
+    np.testing.assert_allclose(again.probabilities(images[..., :1]), probs[..., :1], atol=1e-6)
 
 
 def test_unwritable_cache_falls_back_to_a_private_copy(tmp_path, monkeypatch) -> None:

@@ -689,8 +689,8 @@ class InferenceOptions:
             than the training data (another vendor's or reader's axis convention) are segmented alike.
         rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
         postprocess: keep the largest connected component of the LV cavity (``POSTPROCESS_CLASSES``).
-        engine: what runs the network (`cinema.models.engines`): ``torch``, ``onnxruntime`` (fp32 on a CPU, 2-D
-            models, when installed) or ``auto`` (ONNX Runtime where it can run, else PyTorch).
+        engine: what runs the network (`cinema.models.engines`): ``torch``, ``openvino`` or ``onnxruntime`` (fp32
+            on a CPU, 2-D models, when installed) or ``auto`` (the fastest of those that can run, else PyTorch).
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -737,11 +737,11 @@ class SegmentationPredictor:
 
     @property
     def engine(self) -> str:
-        """``torch`` or ``onnxruntime``: what runs the network (``auto`` resolved; 3-D models always PyTorch)."""
+        """``torch``, ``openvino`` or ``onnxruntime``: what runs the network (``auto`` resolved; 3-D: PyTorch)."""
         requested = self.options.engine
         if self.model.n_dims != 2:
-            if requested == "onnxruntime":
-                raise InputError(f"{self.model.source}: engine onnxruntime runs 2-D models only; use --engine torch")
+            if requested not in ("auto", "torch"):
+                raise InputError(f"{self.model.source}: engine {requested} runs 2-D models only; use --engine torch")
             return "torch"
         try:
             return resolve_engine(requested, self.model.device, bool(self.options.amp))

@@ -40,19 +40,19 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
 
 # cinema.models.engines.ENGINES and cinema.analysis.segment.DEFAULT_ENGINE, written out: importing them would load
 # PyTorch for `cinema --help` (tests/test_engines.py checks they agree)
-ENGINE_CHOICES = ("auto", "torch", "onnxruntime")
+ENGINE_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 DEFAULT_ENGINE = "torch"
 
 
 def add_engine_option(parser: argparse.ArgumentParser) -> None:
-    """``--engine auto|torch|onnxruntime``: what runs the segmentation network (`cinema.models.engines`)."""
+    """``--engine auto|torch|onnxruntime|openvino``: what runs the segmentation network (`cinema.models.engines`)."""
     parser.add_argument(
         "--engine",
         choices=ENGINE_CHOICES,
         default=DEFAULT_ENGINE,
-        help=f"what runs the network (default {DEFAULT_ENGINE}): torch; onnxruntime (fp32 CPU, 2-D models, needs "
-        "`pip install 'cinema[onnx]'`; the exported network is cached in ~/.cache/cinema); auto: onnxruntime where "
-        "it can run, else torch",
+        help=f"what runs the network (default {DEFAULT_ENGINE}): torch; openvino or onnxruntime (fp32 on a CPU, 2-D "
+        "models, need `pip install 'cinema[openvino]'` or `'cinema[onnx]'`; the network is exported once into "
+        "~/.cache/cinema); auto: the fastest of these installed, else torch",
     )
 
 

@@ -1,10 +1,11 @@
-"""Which engine runs a segmentation network at inference: PyTorch eager, or ONNX Runtime where it is installed.
+"""Which engine runs a segmentation network at inference: PyTorch eager, OpenVINO or ONNX Runtime where installed.
 
 Chosen by measurement (`benchmarks/engines.py`, docs/model-card.md "Inference engines"): for the shipped 2-D U-Net
-ensemble on a CPU, ONNX Runtime's CPU provider ran the same fp32 arithmetic faster than PyTorch eager with
-probabilities equal to ~1e-6, while ``torch.compile`` costs minutes of compilation per process and channels-last
-was slower. ONNX Runtime is an optional dependency (``pip install 'cinema[onnx]'``): without it everything runs in
-PyTorch, with it ``auto`` picks it for fp32 CPU inference.
+ensemble on a CPU, OpenVINO and ONNX Runtime ran the same fp32 arithmetic faster than PyTorch eager (OpenVINO the
+fastest) with probabilities equal to ~1e-5, while ``torch.compile`` costs most of a minute of compilation per
+process and channels-last was slower. Both are optional dependencies (``pip install 'cinema[openvino]'`` or
+``'cinema[onnx]'``): without them everything runs in PyTorch; ``auto`` picks the fastest one installed for fp32 CPU
+inference. Both run the same exported ONNX file.
 
 The network is exported once per set of weights (and PyTorch / ONNX Runtime version) into the user's cache folder
 (``$CINEMA_CACHE_DIR``, else ``$XDG_CACHE_HOME/cinema``, else ``~/.cache/cinema``), written atomically, and reused by
@@ -28,37 +29,65 @@ from torch import nn
 
 from cinema.io.atomic import write_bytes_atomic
 
-__all__ = ["ENGINES", "OnnxRuntimeNetwork", "cache_dir", "onnxruntime_available", "resolve_engine", "runner_for"]
+__all__ = [
+    "ENGINES",
+    "OnnxRuntimeNetwork",
+    "OpenVinoNetwork",
+    "cache_dir",
+    "engine_available",
+    "exported_network",
+    "onnxruntime_available",
+    "resolve_engine",
+    "runner_for",
+]
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "onnxruntime")
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+# ``auto``'s order of preference, fastest first as measured (docs/model-card.md)
+AUTO_ORDER = ("openvino", "onnxruntime")
+_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 ONNX_OPSET = 17
 
 Network = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
+def engine_available(engine: str) -> bool:
+    """Whether `engine` can be imported here (``torch`` always; the others also need ``onnx`` to export)."""
+    if engine == "torch":
+        return True
+    return importlib.util.find_spec(_MODULES[engine]) is not None and importlib.util.find_spec("onnx") is not None
+
+
 def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    return engine_available("onnxruntime")
 
 
 def resolve_engine(engine: str, device: torch.device | str, amp: bool) -> str:
-    """``torch`` or ``onnxruntime`` for `engine` (auto, torch, onnxruntime) on `device` at the given precision.
+    """``torch``, ``openvino`` or ``onnxruntime`` for `engine` on `device` at the given precision.
 
-    ``auto`` is ONNX Runtime for fp32 on a CPU when it is installed, else PyTorch; asking for ``onnxruntime`` where it
-    cannot run (not installed, a GPU, bf16) is an error rather than a silent change of engine.
+    ``auto`` is the fastest installed of OpenVINO and ONNX Runtime for fp32 on a CPU, else PyTorch; asking for one
+    that cannot run (not installed, a GPU, bf16) is an error rather than a silent change of engine.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     on_cpu = torch.device(device).type == "cpu"
     if engine == "auto":
-        return "onnxruntime" if on_cpu and not amp and onnxruntime_available() else "torch"
-    if engine == "onnxruntime":
-        if not onnxruntime_available():
-            raise ValueError("engine onnxruntime needs `pip install onnxruntime onnx` (or the cinema[onnx] extra)")
         if not on_cpu or amp:
-            raise ValueError("engine onnxruntime runs fp32 on the CPU only; use --engine torch for a GPU or bf16")
+            return "torch"
+        return next((e for e in AUTO_ORDER if engine_available(e)), "torch")
+    if engine != "torch":
+        if not engine_available(engine):
+            raise ValueError(
+                f"engine {engine} needs `pip install {_MODULES[engine]} onnx` (or the cinema[{_extra(engine)}] extra)"
+            )
+        if not on_cpu or amp:
+            raise ValueError(f"engine {engine} runs fp32 on the CPU only; use --engine torch for a GPU or bf16")
     return engine
+
+
+def _extra(engine: str) -> str:
+    return "onnx" if engine == "onnxruntime" else engine
 
 
 def cache_dir() -> Path:
@@ -71,9 +100,8 @@ def cache_dir() -> Path:
 
 
 def _weights_key(network: nn.Module, view: str, in_chans: int) -> str:
-    import onnxruntime
-
-    digest = hashlib.sha256(f"{view}|{in_chans}|{torch.__version__}|{onnxruntime.__version__}".encode())
+    """The exported file's name: the weights, the input layout and the exporter (PyTorch) version."""
+    digest = hashlib.sha256(f"{view}|{in_chans}|{torch.__version__}|opset{ONNX_OPSET}".encode())
     for name, tensor in network.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
@@ -111,6 +139,22 @@ def _export(network: nn.Module, view: str, in_chans: int, size: tuple[int, int])
         return path.read_bytes()
 
 
+def exported_network(network: nn.Module, view: str, in_chans: int, size: tuple[int, int]) -> Path:
+    """The ONNX file of `network` in the cache, exported now if it is not there yet."""
+    key = _weights_key(network, view, in_chans)
+    path = cache_dir() / "onnx" / f"{key}.onnx"
+    if path.exists():
+        return path
+    data = _export(network, view, in_chans, size)
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as err:  # a read-only home: export for this process only
+        logger.info("cannot cache the exported network in %s (%s); using a temporary copy", path.parent, err)
+        path = Path(tempfile.mkdtemp(prefix="cinema-onnx-")) / f"{key}.onnx"
+        path.write_bytes(data)
+    return path
+
+
 class OnnxRuntimeNetwork:
     """A 2-D segmentation network run by ONNX Runtime, called like the module: ``{view: x} -> {view: logits}``."""
 
@@ -118,22 +162,11 @@ class OnnxRuntimeNetwork:
         import onnxruntime
 
         self.view = view
-        key = _weights_key(network, view, in_chans)
-        path = cache_dir() / "onnx" / f"{key}.onnx"
-        if not path.exists():
-            data = _export(network, view, in_chans, size)
-            try:
-                write_bytes_atomic(path, data)
-            except OSError as err:  # a read-only home: export for this process only
-                logger.info("cannot cache the exported network in %s (%s); using a temporary copy", path.parent, err)
-                private = Path(tempfile.mkdtemp(prefix="cinema-onnx-"))
-                path = private / f"{key}.onnx"
-                path.write_bytes(data)
+        self.path = exported_network(network, view, in_chans, size)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3  # errors only: its graph-optimisation notes would reach the user's terminal
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.path = path
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = np.ascontiguousarray(views[self.view].detach().cpu().numpy(), dtype=np.float32)
@@ -141,8 +174,27 @@ class OnnxRuntimeNetwork:
         return {self.view: torch.from_numpy(logits)}
 
 
+class OpenVinoNetwork:
+    """The same exported network compiled by OpenVINO for the CPU, in fp32 (no bf16 or int8 of its own choosing)."""
+
+    def __init__(self, network: nn.Module, view: str, in_chans: int, size: tuple[int, int]) -> None:
+        import openvino
+
+        self.view = view
+        self.path = exported_network(network, view, in_chans, size)
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        self.compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
+
+    def __call__(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = np.ascontiguousarray(views[self.view].detach().cpu().numpy(), dtype=np.float32)
+        logits = self.compiled(x)[0]
+        return {self.view: torch.from_numpy(np.array(logits, dtype=np.float32))}
+
+
 def runner_for(network: nn.Module, engine: str, view: str, in_chans: int, size: tuple[int, int]) -> Network:
     """What inference calls for `network` under a resolved `engine` (``torch``: the module itself)."""
     if engine == "torch":
         return network
+    if engine == "openvino":
+        return OpenVinoNetwork(network, view, in_chans, size)
     return OnnxRuntimeNetwork(network, view, in_chans, size)
