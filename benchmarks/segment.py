@@ -39,7 +39,9 @@ from cinema.analysis.segment import (
     MIRROR_DEFAULT,
     POSTPROCESS_CLASSES,
     ROTATE_DEFAULT,
+    InferenceOptions,
     SegmentationModel,
+    SegmentationPredictor,
     keep_largest_components,
     load_segmentation_model,
     segment_study,
@@ -47,6 +49,7 @@ from cinema.analysis.segment import (
 from cinema.io import read_acdc_patient, read_dicom_study, read_sunnybrook_contours
 from cinema.io.study import SAX, Study
 from cinema.metrics import ACDC_CLASSES, dice_per_class, ventricular_function
+from cinema.models.engines import ENGINES
 from cinema.preprocess.model_space import model_space_transform, resample_to_model
 from cinema.preprocess.shifts import SHIFTS, random_shift
 
@@ -102,12 +105,15 @@ def evaluate_patients(
     rotate: bool = ROTATE_DEFAULT,
     in_plane_spacing: float | None = None,
     shift: Callable[[Study, int], Study] | None = None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Per-patient rows and summary numbers, raw and post-processed (largest component per class).
 
     ``shift(study, index)`` transforms each exam (and its labels) before everything else; Dice and EF are then
     scored against the shifted labels on the shifted grid."""
     rows = []
+    options = InferenceOptions(postprocess=False, amp=amp, mirror=mirror, rotate=rotate, engine=engine)
+    predictor = SegmentationPredictor(model, options)  # one per run: an engine's compiled network is reused
     for index, folder in enumerate(folders):
         study = read_acdc_patient(folder)
         if shift is not None:
@@ -120,7 +126,7 @@ def evaluate_patients(
             study = _resampled_in_plane(study, in_plane_spacing)
         started = time.perf_counter()
         frames = [study.ed_frame, study.es_frame]
-        raw = segment_study(study, model, frames=frames, postprocess=False, amp=amp, mirror=mirror, rotate=rotate)
+        raw = predictor.segment_study(study, frames=frames)
         seconds = time.perf_counter() - started
         spacing = study.sax.spacing
         row: dict[str, Any] = {"id": folder.name, "group": study.metadata.get("group"), "seconds": seconds}
@@ -143,7 +149,12 @@ def evaluate_patients(
 
 
 def evaluate_sunnybrook(
-    model: SegmentationModel, exams: list[Path], mirror: bool = MIRROR_DEFAULT, rotate: bool = ROTATE_DEFAULT
+    model: SegmentationModel,
+    exams: list[Path],
+    mirror: bool = MIRROR_DEFAULT,
+    rotate: bool = ROTATE_DEFAULT,
+    amp: bool = False,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """LV cavity and myocardium Dice on the contoured images of Sunnybrook exams (GE, another vendor than ACDC),
     pooled over each exam's contoured slices; post-processed predictions of the contoured frames."""
@@ -152,7 +163,7 @@ def evaluate_sunnybrook(
         study = read_dicom_study(exam / "dicom")
         contours = read_sunnybrook_contours(exam, study)
         frames = sorted({frame for _, frame in contours})
-        pred = segment_study(study, model, frames=frames, mirror=mirror, rotate=rotate)
+        pred = segment_study(study, model, frames=frames, mirror=mirror, rotate=rotate, amp=amp, engine=engine)
         counts = {"lv": [0, 0], "myo": [0, 0]}  # [2 * intersection, |pred| + |true|]
         for (z, frame), masks in contours.items():
             labels = pred[frame][:, :, z]
@@ -241,6 +252,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write every result here")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--engine", default="torch", choices=ENGINES, help="what runs the network (--engine of cinema)")
     parser.add_argument("--compare-mirror", action="store_true", help="also without mirror averaging / mirrored input")
     parser.add_argument(
         "--reversed-stack", action="store_true", help="also ACDC with the slices stored in the opposite order"
@@ -305,6 +317,7 @@ def main() -> None:
             model,
             folders,
             amp=args.amp,
+            engine=args.engine,
             mirror=mirror,
             mirrored_input=flipped,
             reversed_stack=reversed_stack,
@@ -324,7 +337,12 @@ def main() -> None:
         for shift_name in names:
             started = time.perf_counter()
             shifted[shift_name] = evaluate_patients(
-                model, folders, amp=args.amp, rotate=args.rotate, shift=shift_function(shift_name, args.shift_seed)
+                model,
+                folders,
+                amp=args.amp,
+                rotate=args.rotate,
+                shift=shift_function(shift_name, args.shift_seed),
+                engine=args.engine,
             )
             output[f"acdc_shift_{shift_name}"] = shifted[shift_name]
             lcc = shifted[shift_name]["summary"]["lcc"]
@@ -338,7 +356,9 @@ def main() -> None:
     exams = sorted(p for p in (shared / "data" / "sunnybrook").glob("SCD*") if p.is_dir())
     for mirror in sorted({m for m, *_ in settings}):
         name = f"sunnybrook_{'mirror_avg' if mirror else 'plain'}"
-        output[name] = evaluate_sunnybrook(model, exams, mirror=mirror, rotate=args.rotate)
+        output[name] = evaluate_sunnybrook(
+            model, exams, mirror=mirror, rotate=args.rotate, amp=args.amp, engine=args.engine
+        )
         print(name, json.dumps(output[name]))
     if args.json:
         Path(args.json).write_text(json.dumps(output, indent=1))
