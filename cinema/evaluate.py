@@ -221,8 +221,8 @@ def segmentation_rows(
     from cinema.analysis.segment import SegmentationPredictor
     from cinema.metrics import cardiac_case_metrics
 
-    predictor = SegmentationPredictor.from_weights(
-        weights, device=device, postprocess=postprocess, batch_size=batch_size
+    predictor = SegmentationPredictor.from_weights(  # fp32: reported metrics are the same on every machine
+        weights, device=device, postprocess=postprocess, batch_size=batch_size, amp=False
     )
     rows = []
     with torch.no_grad():
@@ -270,8 +270,8 @@ def lax_segmentation_rows(
     from cinema.analysis.segment import SegmentationPredictor
     from cinema.metrics import ACDC_CLASSES, dice_per_class, hausdorff95_mm
 
-    predictor = SegmentationPredictor.from_weights(
-        weights, device=device, postprocess=postprocess, batch_size=batch_size
+    predictor = SegmentationPredictor.from_weights(  # fp32: reported metrics are the same on every machine
+        weights, device=device, postprocess=postprocess, batch_size=batch_size, amp=False
     )
     if predictor.model.view != view:
         raise InputError(f"{weights}: the model segments {predictor.model.view}, the run's view is {view}")
@@ -326,8 +326,8 @@ def volume_rows(
     from cinema.analysis.segment import SegmentationPredictor
     from cinema.metrics import ejection_fraction
 
-    predictor = SegmentationPredictor.from_weights(
-        weights, device=device, postprocess=postprocess, batch_size=batch_size
+    predictor = SegmentationPredictor.from_weights(  # fp32: reported metrics are the same on every machine
+        weights, device=device, postprocess=postprocess, batch_size=batch_size, amp=False
     )
     rows = []
     with torch.no_grad():

@@ -55,7 +55,7 @@ def export_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_space_frames(acdc_frames, export_cache):
-    eager = SegmentationPredictor.from_weights(None, engine="torch")
+    eager = SegmentationPredictor.from_weights(None, engine="torch", amp=False)
     view = acdc_frames.view("sax")
     center = np.asarray(locate_study_heart(acdc_frames, "sax").center_mm)
     images, _ = _model_space(view, [0, 1], eager.model, center)
@@ -105,17 +105,33 @@ def test_unwritable_cache_falls_back_to_a_private_copy(tmp_path, monkeypatch) ->
     with torch.no_grad():
         expected = network({"sax": x})["sax"].numpy()
     np.testing.assert_allclose(runner({"sax": x})["sax"].numpy(), expected, atol=1e-5)
-    assert runner({"sax": torch.rand(1, 3, 24, 32)})["sax"].shape == (1, 4, 24, 32)  # any batch and in-plane size
+    assert runner({"sax": torch.rand(5, 3, 16, 16)})["sax"].shape == (5, 4, 16, 16)  # any batch
 
 
-def test_three_d_models_refuse_onnxruntime(tmp_path) -> None:
-    from cinema.analysis.segment import InferenceOptions, SegmentationModel
+def test_auto_exports_only_the_measured_family_and_named_engines_fail_loudly(tiny_weights, monkeypatch) -> None:
+    from cinema.analysis.segment import InferenceOptions, SegmentationModel, load_segmentation_model
 
-    model = SegmentationModel(torch.nn.Identity(), 3, (1.0, 1.0, 10.0), (16, 16, 4), 4, source="a 3-D model")
-    predictor = SegmentationPredictor(model, InferenceOptions(engine="onnxruntime"))
+    volume = SegmentationModel(torch.nn.Conv3d(1, 4, 1), 3, (1.0, 1.0, 10.0), (16, 16, 4), 4, source="a 3-D model")
+    assert SegmentationPredictor(volume, InferenceOptions(engine="auto")).engine == "torch"
     with pytest.raises(InputError, match="2-D models only"):
-        _ = predictor.engine
-    assert SegmentationPredictor(model, InferenceOptions(engine="auto")).engine == "torch"
+        _ = SegmentationPredictor(volume, InferenceOptions(engine="onnxruntime", amp=False)).engine
+    # a named exported engine implies fp32 when the precision is auto (they run nothing else)
+    named = SegmentationPredictor(volume, InferenceOptions(engine="openvino"))
+    assert named.precision == "fp32"
+
+    unet = load_segmentation_model(tiny_weights)  # a 2-D U-Net: the family auto exports
+    assert SegmentationPredictor(unet, InferenceOptions(amp=False)).engine in ("openvino", "onnxruntime")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no converter for this layer")
+
+    monkeypatch.setattr("cinema.analysis.segment.runner_for", broken)
+    fallback = SegmentationPredictor(unet, InferenceOptions(amp=False))
+    images = np.random.default_rng(0).random((*unet.patch_size[:2], 2, 1), dtype=np.float32)
+    fallback.probabilities(images)
+    assert fallback.engine == "torch"  # auto falls back and says what ran
+    with pytest.raises(InputError, match="cannot run this model"):
+        SegmentationPredictor(unet, InferenceOptions(amp=False, engine="onnxruntime")).probabilities(images)
 
 
 def test_command_line_choices_follow_the_engines_module() -> None:

@@ -183,7 +183,9 @@ def test_evaluate_scores_a_lax_model_against_lax_labels(lax_model, lax_cine, tmp
     from cinema.io import read_study
 
     # manual labels: the model's own prediction of frame 0, and at frame 1 the same with the LV grown by one pixel
-    predicted = SegmentationPredictor.from_weights(lax_model).segment_study(read_study(lax_cine, view="lax_4c"))
+    predicted = SegmentationPredictor.from_weights(lax_model, amp=False).segment_study(
+        read_study(lax_cine, view="lax_4c")
+    )
     manual = np.stack([predicted[0], predicted[1]], axis=-1)
     from scipy import ndimage
 

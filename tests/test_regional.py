@@ -327,6 +327,7 @@ def test_analyze_writes_the_regional_object_report_and_cohort_columns(tmp_path):
     class Stub(SegmentationPredictor):
         def __init__(self):
             super().__init__(type("Model", (), {"source": "stub"})(), InferenceOptions(amp=False))
+            self._engine = "torch"  # no network to run
 
         def segment_study(self, study, confidence=None, progress=None):
             return {f: frames[f] for f in range(len(frames))}

@@ -272,7 +272,7 @@ def analyze_study(
     ed: int | None = None,
     es: int | None = None,
     batch_size: int = 32,
-    amp: bool | None = False,
+    amp: bool | None = None,
     progress: bool = False,
     classifier: Any | None = None,
     landmark_model: Any | None = None,
@@ -286,7 +286,7 @@ def analyze_study(
         ed, es: 0-based stored-frame indices of end-diastole / end-systole; None takes them from the input (ACDC
             Info.cfg, study.json) or else from the LV volume curve (max / min).
         batch_size: slices (2-D model) or frames (3-D model) per forward pass, for a bare model.
-        amp: bf16 autocast, for a bare model (None: bf16 on CPUs with AMX; `InferenceOptions`).
+        amp: bf16 autocast, for a bare model (None: bf16 on CPUs that compute it natively; `InferenceOptions`).
         progress: show a progress bar.
         classifier: disease classifier (`cinema.analysis.disease`); None uses the shipped one.
         landmark_model: LAX landmark model (`cinema.analysis.landmarks`); None skips landmarks and MAPSE.

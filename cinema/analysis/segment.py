@@ -71,7 +71,7 @@ from torch import nn
 
 from cinema.io.errors import InputError
 from cinema.io.study import SAX, VIEW_NAMES, CineView, Study
-from cinema.models.engines import ENGINES, resolve_engine, runner_for
+from cinema.models.engines import ENGINES, EXPORTED_ENGINES, resolve_engine, runner_for
 from cinema.models.precision import resolve_precision
 from cinema.preprocess.model_space import ModelSpaceTransform, from_model_space, to_model_space
 from cinema.preprocess.slices import neighbour_slices
@@ -95,8 +95,8 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 32
 ENSEMBLE_FILE = "ensemble.yaml"
-# PyTorch unless asked: see cinema.models.engines and docs/model-card.md for what ONNX Runtime measured
-DEFAULT_ENGINE = "torch"
+# the fastest installed engine for fp32 on a CPU (cinema.models.engines; measured in docs/model-card.md)
+DEFAULT_ENGINE = "auto"
 MIRROR_DEFAULT = False
 ROTATE_DEFAULT = False
 FOREGROUND = (1, 2, 3)
@@ -579,6 +579,16 @@ def _heart_full_sweep(
     return None if heart is None else _model_index_to_world(np.argwhere(heart).mean(axis=0), transform)
 
 
+def _measured_for_export(model: SegmentationModel) -> bool:
+    """Whether ``auto`` may export `model`: a 2-D U-Net or an ensemble of them, the family the engines were measured
+    on (docs/model-card.md); 2-D transformers (the official LAX ConvUNetR) were not measured."""
+    from cinema.models.unet import UNet
+
+    network = model.network
+    members = list(network.members) if isinstance(network, ProbabilityAverage) else [network]
+    return model.n_dims == 2 and all(isinstance(member, UNet) for member in members)
+
+
 def _coarse_model(model: SegmentationModel, view: CineView) -> SegmentationModel:
     """One network of `model` (an ensemble's first member, fed its channels of the ensemble's input; a plain model as
     it is) at the coarse in-plane spacing for `view`'s field of view."""
@@ -683,8 +693,9 @@ class InferenceOptions:
 
     Attributes:
         batch_size: slices (2-D model) or frames (3-D model) per forward pass.
-        amp: bf16 autocast (True), fp32 (False, the default), or None: bf16 on CPUs with AMX and fp32 elsewhere
-            (`cinema.models.precision`), resolved on first use. bf16 is not bit-identical to fp32.
+        amp: bf16 autocast (True), fp32 (False), or None (the default): bf16 on CPUs that compute it natively (AMX
+            or AVX-512 BF16) and fp32 elsewhere (`cinema.models.precision`), resolved on first use. bf16 is not
+            bit-identical to fp32; False gives the same numbers on every machine.
         mirror: also predict the mirror image and average, so that exams stored with the other in-plane handedness
             than the training data (another vendor's or reader's axis convention) are segmented alike.
         rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
@@ -694,7 +705,7 @@ class InferenceOptions:
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
-    amp: bool | None = False
+    amp: bool | None = None
     mirror: bool = MIRROR_DEFAULT
     rotate: bool = ROTATE_DEFAULT
     postprocess: bool = True
@@ -721,12 +732,15 @@ class SegmentationPredictor:
         self.model = model
         self._options = options or InferenceOptions()
         self._runner: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+        self._engine: str | None = None  # what actually runs, once the runner is built
 
     @property
     def options(self) -> InferenceOptions:
-        """The options, ``amp=None`` (auto) resolved for the model's device on first use."""
+        """The options, ``amp=None`` (auto) resolved on first use: fp32 under an exported engine asked for by name
+        (they run fp32 only), else bf16 where the model's device computes it natively."""
         if self._options.amp is None:
-            native = resolve_precision("auto", self.model.device) == "bf16"
+            exported = self._options.engine in EXPORTED_ENGINES
+            native = not exported and resolve_precision("auto", self.model.device) == "bf16"
             self._options = dataclasses.replace(self._options, amp=native)
         return self._options
 
@@ -737,12 +751,18 @@ class SegmentationPredictor:
 
     @property
     def engine(self) -> str:
-        """``torch``, ``openvino`` or ``onnxruntime``: what runs the network (``auto`` resolved; 3-D: PyTorch)."""
+        """``torch``, ``openvino`` or ``onnxruntime``: what runs the network (``auto`` resolved).
+
+        ``auto`` uses an exported engine only for the network family it was measured on (2-D U-Nets, the shipped
+        ensemble); other models, 3-D ones and bf16 run in PyTorch unless an engine is named.
+        """
+        if self._engine is not None:
+            return self._engine
         requested = self.options.engine
-        if self.model.n_dims != 2:
-            if requested not in ("auto", "torch"):
-                raise InputError(f"{self.model.source}: engine {requested} runs 2-D models only; use --engine torch")
+        if requested == "auto" and not _measured_for_export(self.model):
             return "torch"
+        if self.model.n_dims != 2 and requested != "torch":
+            raise InputError(f"{self.model.source}: engine {requested} runs 2-D models only; use --engine torch")
         try:
             return resolve_engine(requested, self.model.device, bool(self.options.amp))
         except ValueError as err:
@@ -750,9 +770,17 @@ class SegmentationPredictor:
 
     def _network(self) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         if self._runner is None:
+            engine = self.engine
             in_chans = 1 + 2 * self.model.context_slices
             size = (int(self.model.patch_size[0]), int(self.model.patch_size[1]))
-            self._runner = runner_for(self.model.network, self.engine, self.model.view, in_chans, size)
+            try:
+                self._runner = runner_for(self.model.network, engine, self.model.view, in_chans, size)
+            except Exception as err:  # noqa: BLE001  (an exporter or compiler failure of any kind)
+                if self.options.engine != "auto":
+                    raise InputError(f"{self.model.source}: engine {engine} cannot run this model ({err})") from err
+                logger.warning("engine %s cannot run %s (%s); using PyTorch", engine, self.model.source, err)
+                engine, self._runner = "torch", self.model.network
+            self._engine = engine
         return self._runner
 
     @classmethod

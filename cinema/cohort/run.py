@@ -59,8 +59,8 @@ class CohortSettings:
     weights: str | None = None
     device: str = "cpu"
     batch_size: int = 32
-    amp: bool | None = False  # None: bf16 on CPUs with AMX (InferenceOptions)
-    engine: str = "torch"  # InferenceOptions.engine
+    amp: bool | None = None  # None: bf16 on CPUs that compute it natively (InferenceOptions)
+    engine: str = "auto"  # InferenceOptions.engine
     threads: int | None = None  # torch threads per spawned worker (None: the cores shared out among the workers)
     debug: bool = False  # print each failed exam's traceback
 

@@ -31,6 +31,7 @@ from cinema.io.atomic import write_bytes_atomic
 
 __all__ = [
     "ENGINES",
+    "EXPORTED_ENGINES",
     "OnnxRuntimeNetwork",
     "OpenVinoNetwork",
     "cache_dir",
@@ -44,6 +45,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+EXPORTED_ENGINES = ("onnxruntime", "openvino")  # run the exported ONNX file, in fp32
 # ``auto``'s order of preference, fastest first as measured (docs/model-card.md)
 AUTO_ORDER = ("openvino", "onnxruntime")
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -99,9 +101,9 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "cinema"
 
 
-def _weights_key(network: nn.Module, view: str, in_chans: int) -> str:
+def _weights_key(network: nn.Module, view: str, in_chans: int, size: tuple[int, int]) -> str:
     """The exported file's name: the weights, the input layout and the exporter (PyTorch) version."""
-    digest = hashlib.sha256(f"{view}|{in_chans}|{torch.__version__}|opset{ONNX_OPSET}".encode())
+    digest = hashlib.sha256(f"{view}|{in_chans}|{size}|{torch.__version__}|opset{ONNX_OPSET}".encode())
     for name, tensor in network.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
@@ -121,7 +123,8 @@ class _TensorInterface(nn.Module):
 
 
 def _export(network: nn.Module, view: str, in_chans: int, size: tuple[int, int]) -> bytes:
-    """The ONNX bytes of `network` for (N, in_chans, X, Y) input, batch and in-plane size dynamic."""
+    """The ONNX bytes of `network` for (N, in_chans, X, Y) input, the batch dynamic: inference always feeds windows
+    of the model's patch size, and static in-plane sizes keep transformer graphs convertible."""
     example = torch.zeros(1, in_chans, *size)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
@@ -132,16 +135,16 @@ def _export(network: nn.Module, view: str, in_chans: int, size: tuple[int, int])
             str(path),
             input_names=["x"],
             output_names=["logits"],
-            dynamic_axes={"x": {0: "n", 2: "x", 3: "y"}, "logits": {0: "n", 2: "x", 3: "y"}},
+            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
             opset_version=ONNX_OPSET,
-            dynamo=False,  # the TorchScript exporter: no onnxscript dependency, and dynamic in-plane sizes
+            dynamo=False,  # the TorchScript exporter: no onnxscript dependency
         )
         return path.read_bytes()
 
 
 def exported_network(network: nn.Module, view: str, in_chans: int, size: tuple[int, int]) -> Path:
     """The ONNX file of `network` in the cache, exported now if it is not there yet."""
-    key = _weights_key(network, view, in_chans)
+    key = _weights_key(network, view, in_chans, size)
     path = cache_dir() / "onnx" / f"{key}.onnx"
     if path.exists():
         return path

@@ -133,7 +133,7 @@ class ServeSettings:
     weights: str | None = None
     device: str = "cpu"
     batch_size: int = 32
-    amp: bool | None = False  # None: bf16 on CPUs with AMX (InferenceOptions)
+    amp: bool | None = None  # None: bf16 on CPUs that compute it natively (InferenceOptions)
 
 
 def is_loopback(host: str) -> bool:
