@@ -95,7 +95,7 @@ __all__ = [
 
 DEFAULT_BATCH_SIZE = 32
 ENSEMBLE_FILE = "ensemble.yaml"
-# the fastest installed engine for fp32 on a CPU (cinema.models.engines; measured in docs/model-card.md)
+# ONNX Runtime for fp32 2-D U-Nets on a CPU where installed, else PyTorch (cinema.models.engines, docs/model-card.md)
 DEFAULT_ENGINE = "auto"
 MIRROR_DEFAULT = False
 ROTATE_DEFAULT = False
@@ -701,7 +701,7 @@ class InferenceOptions:
         rotate: also predict the three other in-plane quarter turns of every slice and average (4x the time).
         postprocess: keep the largest connected component of the LV cavity (``POSTPROCESS_CLASSES``).
         engine: what runs the network (`cinema.models.engines`): ``torch``, ``openvino`` or ``onnxruntime`` (fp32
-            on a CPU, 2-D models, when installed) or ``auto`` (the fastest of those that can run, else PyTorch).
+            on a CPU, 2-D models, when installed) or ``auto`` (ONNX Runtime where it can run, else PyTorch).
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE

@@ -51,7 +51,7 @@ def add_engine_option(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_ENGINE,
         help=f"what runs the network (default {DEFAULT_ENGINE}): torch; openvino or onnxruntime (fp32 on a CPU, 2-D "
         "models, need `pip install 'cinema[openvino]'` or `'cinema[onnx]'`; the network is exported once into "
-        "~/.cache/cinema); auto: the fastest of these installed, else torch",
+        "~/.cache/cinema); auto: onnxruntime where it can run, else torch",
     )
 
 

@@ -1,13 +1,14 @@
-"""Which engine runs a segmentation network at inference: PyTorch eager, OpenVINO or ONNX Runtime where installed.
+"""Which engine runs a segmentation network at inference: PyTorch eager, ONNX Runtime or OpenVINO where installed.
 
-Chosen by measurement (`benchmarks/engines.py`, docs/model-card.md "Inference engines"): for the shipped 2-D U-Net
+Chosen by measurement (`benchmarks/engines.py`, docs/model-card.md "Precision and engines"): for the shipped 2-D U-Net
 ensemble on a CPU, OpenVINO and ONNX Runtime ran the same fp32 arithmetic faster than PyTorch eager (OpenVINO the
 fastest) with probabilities equal to ~1e-5, while ``torch.compile`` costs most of a minute of compilation per
-process and channels-last was slower. Both are optional dependencies (``pip install 'cinema[openvino]'`` or
-``'cinema[onnx]'``): without them everything runs in PyTorch; ``auto`` picks the fastest one installed for fp32 CPU
-inference. Both run the same exported ONNX file.
+process and channels-last was slower. Both are optional dependencies (``pip install 'cinema[onnx]'`` or
+``'cinema[openvino]'``): without them everything runs in PyTorch. ``auto`` picks ONNX Runtime for fp32 CPU inference;
+OpenVINO runs only when named, because a long test session that compiled OpenVINO models next to PyTorch in one
+process once ended in a segmentation fault that we could not trace. Both run the same exported ONNX file.
 
-The network is exported once per set of weights (and PyTorch / ONNX Runtime version) into the user's cache folder
+The network is exported once per set of weights (and PyTorch version) into the user's cache folder
 (``$CINEMA_CACHE_DIR``, else ``$XDG_CACHE_HOME/cinema``, else ``~/.cache/cinema``), written atomically, and reused by
 later processes; an unwritable cache falls back to a private temporary folder for the process.
 """
@@ -46,8 +47,8 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 EXPORTED_ENGINES = ("onnxruntime", "openvino")  # run the exported ONNX file, in fp32
-# ``auto``'s order of preference, fastest first as measured (docs/model-card.md)
-AUTO_ORDER = ("openvino", "onnxruntime")
+# what ``auto`` may pick, in order: OpenVINO only when named (see the module notes)
+AUTO_ORDER = ("onnxruntime",)
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 ONNX_OPSET = 17
 
@@ -68,8 +69,8 @@ def onnxruntime_available() -> bool:
 def resolve_engine(engine: str, device: torch.device | str, amp: bool) -> str:
     """``torch``, ``openvino`` or ``onnxruntime`` for `engine` on `device` at the given precision.
 
-    ``auto`` is the fastest installed of OpenVINO and ONNX Runtime for fp32 on a CPU, else PyTorch; asking for one
-    that cannot run (not installed, a GPU, bf16) is an error rather than a silent change of engine.
+    ``auto`` is ONNX Runtime for fp32 on a CPU where it is installed, else PyTorch; asking for an engine that cannot
+    run (not installed, a GPU, bf16) is an error rather than a silent change of engine.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")

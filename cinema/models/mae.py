@@ -76,7 +76,7 @@ class CineMA(nn.Module):
         image_size: {view: spatial size}, e.g. {"sax": (192, 192, 16), "lax_4c": (256, 256)}; the order of the
             dict is the order of the views in the state dict.
         in_chans: input channels, one number for every view or {view: n}.
-        size: transformer size, tiny / base / large / huge.
+        size: transformer size, tiny / small / base / large / huge.
         patch_size, scale_factor: first conv-stage and later down-sampling factors (3-D; LAX uses the first two).
         conv_chans, conv_n_blocks: channels of the conv stages and MaskedConvBlocks per stage.
         grad_ckpt: per-block gradient checkpointing during training.

@@ -42,7 +42,7 @@ VIT_SIZES: dict[str, dict[str, int]] = {
 
 
 def vit_size(size: str) -> dict[str, int]:
-    """Transformer dimensions of a named size (tiny, base, large, huge)."""
+    """Transformer dimensions of a named size (tiny, small, base, large, huge)."""
     if size not in VIT_SIZES:
         raise ValueError(f"unknown model size {size!r}; expected one of {list(VIT_SIZES)}")
     return dict(VIT_SIZES[size])
