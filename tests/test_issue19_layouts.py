@@ -173,18 +173,24 @@ def test_read_study_reads_a_kaggle_preprocessed_subject(kaggle_processed):
     assert not study.view("sax").labels
 
 
-def test_kaggle_preprocessed_split_is_evaluated_on_volumes_without_masks(kaggle_processed, tiny_weights, tmp_path):
-    from cinema.analysis.measure import label_series, volume_curves
-    from cinema.analysis.segment import SegmentationPredictor
+def _evaluate_volumes(data_dir, manifest, weights, tmp_path):
+    """`cinema evaluate` of a volumes-only split (no masks) with a tiny 2-D model at a coarse model space."""
     from cinema.evaluate import evaluate
-    from cinema.io import read_study
 
     values = {"task": "segmentation", "output_dir": str(tmp_path / "run")}
-    values["data"] = {"format": "kaggle", "dir": str(kaggle_processed), "manifest": "val_metadata.csv"}
+    values["data"] = {"format": "kaggle", "dir": str(data_dir), "manifest": manifest}
     values["data"] |= {"slice_2d": True, "sax": {"spacing": [6.0, 6.0, 10.0], "patch_size": [32, 32, 8]}}
     values["model"] = {"name": "unet", "views": "sax", "unet": {"chans": [8, 16, 32]}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
-    result = evaluate(tmp_path / "config.yaml", tmp_path / "eval", weights=tiny_weights, split="all")
+    return evaluate(tmp_path / "config.yaml", tmp_path / "eval", weights=weights, split="all")
+
+
+def test_kaggle_preprocessed_split_is_evaluated_on_volumes_without_masks(kaggle_processed, tiny_weights, tmp_path):
+    from cinema.analysis.measure import label_series, volume_curves
+    from cinema.analysis.segment import SegmentationPredictor
+    from cinema.io import read_study
+
+    result = _evaluate_volumes(kaggle_processed, "val_metadata.csv", tiny_weights, tmp_path)
     (row,) = result.rows
     assert row["id"] == "7" and row["split"] == "val" and row["n_frames"] == 3
     assert (row["lv_edv_true"], row["lv_esv_true"]) == (151.0, 58.2)
@@ -287,7 +293,6 @@ def test_finetune_lists_nested_rescan_ids(rescan_processed, tmp_path):
 
 def test_rescan_pairs_are_evaluated_on_volumes_with_their_cv(rescan_processed, tiny_weights, tmp_path, monkeypatch):
     from cinema.analysis.segment import SegmentationPredictor
-    from cinema.evaluate import evaluate
 
     def bright_is_lv(self, study, **_):  # a stand-in segmenter: the layout, the pairs and the volumes are under test
         sax = study.view("sax")
@@ -295,12 +300,7 @@ def test_rescan_pairs_are_evaluated_on_volumes_with_their_cv(rescan_processed, t
 
     monkeypatch.setattr(SegmentationPredictor, "segment_study", bright_is_lv)
 
-    values = {"task": "segmentation", "output_dir": str(tmp_path / "run")}
-    values["data"] = {"format": "kaggle", "dir": str(rescan_processed), "manifest": "test_retest_100_metadata.csv"}
-    values["data"] |= {"slice_2d": True, "sax": {"spacing": [6.0, 6.0, 10.0], "patch_size": [32, 32, 8]}}
-    values["model"] = {"name": "unet", "views": "sax", "unet": {"chans": [8, 16, 32]}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
-    result = evaluate(tmp_path / "config.yaml", tmp_path / "eval", weights=tiny_weights, split="all")
+    result = _evaluate_volumes(rescan_processed, "test_retest_100_metadata.csv", tiny_weights, tmp_path)
     rows = {row["id"]: row for row in result.rows}
     assert set(rows) == {"scan_00_A", "scan_00_B"}
     assert rows["scan_00_A"]["pair_id"] == rows["scan_00_B"]["pair_id"] == "scan_00"
