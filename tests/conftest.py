@@ -19,6 +19,8 @@ SHARED_DIR = Path(os.environ.get("CINEMA_SHARED_DIR", REPO_ROOT.parent / "shared
 # The per-installation pseudonym secret (cinema.io.privacy) of the test run lives in a throw-away folder, not in the
 # user's ~/.config; subprocesses inherit it.
 os.environ.setdefault("CINEMA_CONFIG_DIR", tempfile.mkdtemp(prefix="cinema-test-config-"))
+# networks exported for ONNX Runtime / OpenVINO go to a folder of the session, never into the user's cache
+os.environ["CINEMA_CACHE_DIR"] = tempfile.mkdtemp(prefix="cinema-test-cache-")
 
 # Two cores in CI: keep torch from oversubscribing when tests run in parallel processes.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
