@@ -203,6 +203,16 @@ def check_columns(by: Sequence[str], entries: Sequence[Entry]) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _scoring_predictor(weights: str | Path, device: str, postprocess: bool, batch_size: int) -> Any:
+    """The predictor every segmentation evaluation scores with: fp32, so reported metrics are the same on every
+    machine (inference elsewhere picks bf16 where the CPU computes it natively)."""
+    from cinema.analysis.segment import SegmentationPredictor
+
+    return SegmentationPredictor.from_weights(
+        weights, device=device, postprocess=postprocess, batch_size=batch_size, amp=False
+    )
+
+
 def segmentation_rows(
     entries: Sequence[Entry],
     weights: str | Path,
@@ -218,12 +228,9 @@ def segmentation_rows(
     """
     import torch
 
-    from cinema.analysis.segment import SegmentationPredictor
     from cinema.metrics import cardiac_case_metrics
 
-    predictor = SegmentationPredictor.from_weights(  # fp32: reported metrics are the same on every machine
-        weights, device=device, postprocess=postprocess, batch_size=batch_size, amp=False
-    )
+    predictor = _scoring_predictor(weights, device, postprocess, batch_size)
     rows = []
     with torch.no_grad():
         for entry in entries:
@@ -267,12 +274,9 @@ def lax_segmentation_rows(
     one frame is labelled), LV / RV areas and fractional area change, predicted and manual (see the module notes)."""
     import torch
 
-    from cinema.analysis.segment import SegmentationPredictor
     from cinema.metrics import ACDC_CLASSES, dice_per_class, hausdorff95_mm
 
-    predictor = SegmentationPredictor.from_weights(  # fp32: reported metrics are the same on every machine
-        weights, device=device, postprocess=postprocess, batch_size=batch_size, amp=False
-    )
+    predictor = _scoring_predictor(weights, device, postprocess, batch_size)
     if predictor.model.view != view:
         raise InputError(f"{weights}: the model segments {predictor.model.view}, the run's view is {view}")
     rows = []
@@ -323,12 +327,9 @@ def volume_rows(
     import torch
 
     from cinema.analysis.measure import label_series, volume_curves
-    from cinema.analysis.segment import SegmentationPredictor
     from cinema.metrics import ejection_fraction
 
-    predictor = SegmentationPredictor.from_weights(  # fp32: reported metrics are the same on every machine
-        weights, device=device, postprocess=postprocess, batch_size=batch_size, amp=False
-    )
+    predictor = _scoring_predictor(weights, device, postprocess, batch_size)
     rows = []
     with torch.no_grad():
         for entry in entries:

@@ -38,7 +38,6 @@ __all__ = [
     "cache_dir",
     "engine_available",
     "exported_network",
-    "onnxruntime_available",
     "resolve_engine",
     "runner_for",
 ]
@@ -60,10 +59,6 @@ def engine_available(engine: str) -> bool:
     if engine == "torch":
         return True
     return importlib.util.find_spec(_MODULES[engine]) is not None and importlib.util.find_spec("onnx") is not None
-
-
-def onnxruntime_available() -> bool:
-    return engine_available("onnxruntime")
 
 
 def resolve_engine(engine: str, device: torch.device | str, amp: bool) -> str:
